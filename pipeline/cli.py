@@ -1,6 +1,7 @@
 """``ssd``: the command line.
 
     ssd run RECIPE [KEY.SUB=VALUE ...] [--run-id ID]
+    ssd sweep RECIPE [KEY.SUB=VALUE ...] [--grid KEY=V1,V2 ...] [--control] [--sweep-id ID]
     ssd sample RECIPE [KEY.SUB=VALUE ...] [--run-id ID] [--shard I/N | --merge N]
     ssd train RECIPE [KEY.SUB=VALUE ...] [--run-id ID] [--list-targets]
     ssd plan RECIPE [KEY.SUB=VALUE ...] [--device-gib GIB]
@@ -42,14 +43,17 @@ def _stages():
     return [("sample", sample.run), ("train", train.run), ("eval", evaluate.run), ("promote", promotion.run)]
 
 
-def _setup_logging(run_dir: Path | None = None) -> None:
+def _setup_logging(run_dir: Path | None = None, name: str = "run.log") -> logging.Handler | None:
+    """Log to stderr, and to ``run_dir/name`` when given (the handler is returned for removal)."""
     fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=logging.INFO, format=fmt, datefmt="%H:%M:%S")
-    if run_dir is not None:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(run_dir / "run.log")
-        handler.setFormatter(logging.Formatter(fmt))
-        logging.getLogger().addHandler(handler)
+    if run_dir is None:
+        return None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / name)
+    handler.setFormatter(logging.Formatter(fmt, datefmt="%Y-%m-%d %H:%M:%S"))
+    logging.getLogger().addHandler(handler)
+    return handler
 
 
 def _track(tracker, name: str, manifest: dict) -> None:
@@ -81,25 +85,44 @@ def run_recipe(recipe: Recipe, recipe_text: str, force: str | None = None) -> tu
     from pipeline.tracking import Tracker
 
     run_dir = Path(recipe.runs_dir) / recipe.resolved_run_id()
-    _setup_logging(run_dir)
-    if force:
-        for moved in force_from(run_dir, force):
-            log.info("--force %s: moved %s aside", force, moved)
-    atomic_write_text(run_dir / "recipe.yaml", recipe_text)
-    log.info("run directory: %s", run_dir)
-    done = []
-    with Tracker(run_dir, project=recipe.tracking.project, mode=recipe.tracking.mode, config=recipe.model_dump(mode="json")) as tracker:
-        for name, stage in _stages():
-            log.info("=== stage %s ===", name)
-            try:
-                manifest = stage(recipe, run_dir)
-            finally:
-                generation.close_engine()  # free the engine's memory before training, and between models
-            done.append((name, manifest))
-            _track(tracker, name, manifest)
-    md, html = write_report(run_dir)
-    log.info("report: %s, %s", md, html)
+    handler = _setup_logging(run_dir)
+    try:
+        if force:
+            for moved in force_from(run_dir, force):
+                log.info("--force %s: moved %s aside", force, moved)
+        atomic_write_text(run_dir / "recipe.yaml", recipe_text)
+        log.info("run directory: %s", run_dir)
+        done = []
+        with Tracker(run_dir, project=recipe.tracking.project, mode=recipe.tracking.mode, config=recipe.model_dump(mode="json")) as tracker:
+            for name, stage in _stages():
+                log.info("=== stage %s ===", name)
+                try:
+                    manifest = stage(recipe, run_dir)
+                finally:
+                    generation.close_engine()  # free the engine's memory before training, and between models
+                done.append((name, manifest))
+                _track(tracker, name, manifest)
+        md, html = write_report(run_dir)
+        log.info("report: %s, %s", md, html)
+    finally:
+        if handler is not None:
+            logging.getLogger().removeHandler(handler)
+            handler.close()
     return run_dir, done
+
+
+def _check_leakage(recipe: Recipe) -> bool:
+    """Refuse a recipe whose training prompts overlap its evaluation problems (printed)."""
+    from pipeline.evaluation.benchmarks import BenchmarkError
+    from pipeline.leakage import LeakageError, check_recipe
+
+    try:
+        counts = check_recipe(recipe)
+    except (LeakageError, BenchmarkError, PromptError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    log.info("no leakage: %s", ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return True
 
 
 def _at(bench: dict, label: str) -> dict:
@@ -270,6 +293,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     recipe = _load(args)
     if recipe is None:
         return EXIT_INVALID
+    _setup_logging()
+    if not _check_leakage(recipe):
+        return EXIT_INVALID
     recipe_text = _recipe_text(recipe)
     started = time.time()
     run_dir = Path(recipe.runs_dir) / recipe.resolved_run_id()
@@ -287,6 +313,49 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"report: {run_dir / 'report.html'}")
     print(f"total wall time: {time.time() - started:.1f} s")
     return EXIT_OK if dict(done)["promote"]["decision"]["promoted"] else EXIT_NOT_PROMOTED
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from pipeline import sweep
+
+    recipe = _load(args)
+    if recipe is None:
+        return EXIT_INVALID
+    try:
+        grid = {**recipe.sweep.grid, **sweep.parse_grid(args.grid or [])}
+        control = recipe.sweep.control or args.control
+        sweep_dir = Path(recipe.runs_dir) / "sweeps" / (args.sweep_id or recipe.name)
+        for name, overrides in sweep.expand(grid, control):  # every point's recipe must be valid before any starts
+            sweep.point_recipe(recipe, name, overrides, sweep_dir)
+    except RecipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    if args.report_only:
+        if not (sweep_dir / "sweep.json").is_file():
+            print(f"error: {sweep_dir / 'sweep.json'} not found: the sweep has not started", file=sys.stderr)
+            return EXIT_INVALID
+        md, page = sweep.rerender(sweep_dir)
+        print(f"sweep report: {md}, {page}")
+        return EXIT_OK
+    _setup_logging()
+    if not _check_leakage(recipe):
+        return EXIT_INVALID
+    handler = _setup_logging(sweep_dir, "sweep.log")
+    started = time.time()
+    try:
+        with run_lock(sweep_dir, wait=args.wait):
+            manifest = sweep.run_sweep(
+                recipe, sweep_dir, grid, control, lambda point: run_recipe(point, _recipe_text(point))
+            )
+    except RunBusyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        logging.getLogger().removeHandler(handler)
+    print(sweep.render_markdown(manifest))
+    print(f"sweep: {sweep_dir / 'sweep.md'}, {sweep_dir / 'sweep.html'}")
+    print(f"total wall time: {time.time() - started:.1f} s")
+    return EXIT_OK if manifest["status"] == "complete" else EXIT_FAILED
 
 
 def _cmd_resolve(args: argparse.Namespace) -> int:
@@ -307,6 +376,16 @@ def main(argv: list[str] | None = None) -> int:
     p_run.add_argument("--force", choices=STAGES, help="rerun this stage and every later one (their files are moved aside)")
     p_run.add_argument("--wait", action="store_true", help="if another ssd process holds the run directory, wait for it")
     p_run.set_defaults(func=_cmd_run)
+    p_sweep = sub.add_parser("sweep", help="one cycle per grid point (e.g. T_train values), base evaluation shared; sweep.md/html")
+    p_sweep.add_argument("recipe")
+    p_sweep.add_argument("overrides", nargs="*", help="dotted overrides for every point: evaluation.temperatures=[0.6,0.8,1.0]")
+    p_sweep.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="a grid axis (repeatable); adds to the recipe's sweep.grid")
+    p_sweep.add_argument("--control", action="store_true", help="add the control point: T_train 1.0, top-k off, top-p 1.0")
+    p_sweep.add_argument("--sweep-id", help="sweep directory name under <runs_dir>/sweeps (default: the recipe's name)")
+    p_sweep.add_argument("--wait", action="store_true", help="if another ssd process holds the sweep, wait for it")
+    p_sweep.add_argument("--report-only", action="store_true", help="only rewrite sweep.md/sweep.html from sweep.json")
+    p_sweep.add_argument("--run-id", help=argparse.SUPPRESS)
+    p_sweep.set_defaults(func=_cmd_sweep)
     p_sam = sub.add_parser("sample", help="only the sample stage (resumable, shardable)")
     p_sam.add_argument("recipe")
     p_sam.add_argument("overrides", nargs="*", help="dotted overrides: sampling.temperature=1.2")

@@ -108,6 +108,7 @@ def sampling_params(
     stop: list[str] | None = None,
     include_stop_str_in_output: bool = False,
     logprobs: int | None = None,
+    stop_token_ids: list[int] | None = None,
 ):
     from vllm import SamplingParams
 
@@ -122,7 +123,22 @@ def sampling_params(
         seed=seed,
         include_stop_str_in_output=include_stop_str_in_output,
         logprobs=logprobs,
+        stop_token_ids=stop_token_ids or None,
     )
+
+
+END_OF_TURN = ("<end_of_turn>", "<turn|>")  # Gemma 3, Gemma 4: a chat turn ends here, not on <eos>
+
+
+def end_of_turn_ids(tokenizer) -> list[int]:
+    """Ids of the tokenizer's end-of-turn tokens (a chat answer stops on them; vLLM keeps the
+    token in ``token_ids``, so a sample that stopped there trains the model to stop)."""
+    ids = []
+    for token in END_OF_TURN:
+        tid = tokenizer.convert_tokens_to_ids(token)
+        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tokenizer.convert_ids_to_tokens(tid) == token:
+            ids.append(tid)
+    return ids
 
 
 def stream(llm, prompts: list, params: list, lora_request=None):

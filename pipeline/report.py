@@ -91,13 +91,15 @@ def _fmt(value: Any, spec: str = ".4f") -> str:
 class _Rows:
     """Per-sample JSONL files of the eval stage, read once each (they can be large)."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, run_dir: Path, base_dir: str | None = None):
         self.eval_dir = run_dir / "eval"
+        self.base_dir = Path(base_dir) if base_dir else self.eval_dir  # a sweep shares the base's results
         self._cache: dict[Path, list[dict]] = {}
 
     def path(self, bench: str, model: str, temperature: float) -> Path | None:
         """``eval/<bench>/<model>-T<temp>.jsonl`` however the temperature was spelled (0.7, 0.70, 1)."""
-        for candidate in sorted((self.eval_dir / bench).glob(f"{model}-T*.jsonl")):
+        root = self.base_dir if model == "base" else self.eval_dir
+        for candidate in sorted((root / bench).glob(f"{model}-T*.jsonl")):
             try:
                 if math.isclose(float(candidate.stem[len(model) + 2 :]), temperature):
                     return candidate
@@ -477,7 +479,7 @@ def write_report(run_dir: Path | str) -> tuple[Path, Path]:
     metrics = _load_json(metrics_path) if metrics_path.is_file() else None
     recipe_path = run_dir / "recipe.yaml"
     recipe = (yaml.safe_load(recipe_path.read_text()) or {}) if recipe_path.is_file() else {}
-    rows = _Rows(run_dir)
+    rows = _Rows(run_dir, (recipe.get("evaluation") or {}).get("base_dir"))
     try:
         from_metrics = [
             _pass1_section(metrics, rows),

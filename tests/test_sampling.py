@@ -74,9 +74,9 @@ def test_hf_source_reads_a_local_dataset_directory(tmp_path):
 
 @pytest.mark.skipif(not MBPP.exists(), reason="../shared/data/mbpp.jsonl is not beside this checkout")
 def test_mbpp_adapter_on_the_real_file():
-    rows, _ = load_source(PromptsConfig(source="mbpp", path=str(MBPP)))
+    rows, counts = load_source(PromptsConfig(source="mbpp", path=str(MBPP)))
     ids = [int(r["id"].split("/")[1]) for r in rows]
-    assert len(rows) == 474 and not set(ids) & set(range(11, 511))
+    assert len(rows) == 471 and not set(ids) & set(range(11, 511)) and counts["test_statements_dropped"] == 3
 
 
 def test_humaneval_adapter():

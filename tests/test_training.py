@@ -1,5 +1,7 @@
 """Training data and labels on the real tokenizer and the real TRL preparation."""
 
+from pathlib import Path
+
 import pytest
 
 from conftest import ROOT, ssd
@@ -140,3 +142,88 @@ def test_a_run_that_cannot_fit_is_refused_with_the_numbers(tmp_path):
     assert proc.returncode == 1
     assert "GiB at its peak but the device has 0.0 GiB" in proc.stderr and "weights" in proc.stderr
     assert not (run / "adapter").exists() and not (run / "train").exists()
+
+
+# --- the turn terminator on real tokenizers: kept where the model stopped, absent where cut ---
+
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else m['role'] }}\n"
+    "{{ m['content'] }}<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+
+def _gemma4_tokenizer(tmp_path):
+    """The Gemma 3 tokenizer with ids 105/106 named as Gemma 4 names them (<|turn>, <turn|>)."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    src = models.resolve("embedded:gemma3-270m")
+    data = json.loads((Path(src) / "tokenizer.json").read_text())
+    rename = {"<start_of_turn>": "<|turn>", "<end_of_turn>": "<turn|>"}
+    for token in data["added_tokens"]:
+        token["content"] = rename.get(token["content"], token["content"])
+    vocab = data["model"]["vocab"]
+    if isinstance(vocab, dict):
+        data["model"]["vocab"] = {rename.get(k, k): v for k, v in vocab.items()}
+    else:
+        data["model"]["vocab"] = [[rename.get(k, k), v] for k, v in vocab]
+    out = tmp_path / "gemma4-tok"
+    AutoTokenizer.from_pretrained(src).save_pretrained(out)
+    (out / "tokenizer.json").write_text(json.dumps(data))
+    tok = AutoTokenizer.from_pretrained(out)
+    tok.chat_template = (ROOT / "tests" / "data" / "gemma4_chat_template.jinja").read_text()
+    return tok
+
+
+def _stopped_and_cut_labels(tok, tmp_path, terminator: str):
+    from pipeline import generation
+
+    end = generation.end_of_turn_ids(tok)
+    assert end == [tok.convert_tokens_to_ids(terminator)] == [106]
+    _, prompt = generation.render(tok, {"id": "x", "prompt": "Write add(a, b)."}, chat=True, system_prompt=None, enable_thinking=False)
+    body = tok("```python\ndef add(a, b):\n    return a + b\n```", add_special_tokens=False).input_ids
+    rows = [_row(prompt, body + end, "stop"), _row(prompt, body, "length")]
+    examples, _ = build_examples(rows, max_length=256)
+    recipe = Recipe(model={"id": "random:gemma4-tiny"}, training={"micro_batch_size": 2, "max_steps": 1})
+    trainer, _ = make_trainer(recipe, models.resolve("random:gemma4-tiny"), examples, tmp_path / "trl")
+    stopped, cut = trainer.train_dataset["labels"]
+    assert stopped[: len(prompt)] == [-100] * len(prompt)
+    assert stopped[len(prompt):] == body + [106]  # the terminator is a trained label
+    assert tok.decode(stopped[-1:]) == terminator
+    assert cut[len(prompt):] == body and 106 not in cut and tok.eos_token_id not in cut  # nothing appended
+
+
+@pytest.mark.slow
+def test_gemma3_end_of_turn_is_trained_only_where_the_sample_stopped(tmp_path):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(models.resolve("embedded:gemma3-270m"))
+    tok.chat_template = GEMMA3_TEMPLATE
+    _stopped_and_cut_labels(tok, tmp_path, "<end_of_turn>")
+
+
+@pytest.mark.slow
+def test_gemma4_turn_terminator_is_trained_only_where_the_sample_stopped(tmp_path):
+    _stopped_and_cut_labels(_gemma4_tokenizer(tmp_path), tmp_path, "<turn|>")
+
+
+def test_chat_sampling_stops_on_the_end_of_turn_token(tmp_path):
+    """The sampler asks vLLM to stop on <turn|> for chat prompts (a checkpoint's generation
+    config may list only <eos>); raw prompts keep their stop strings only."""
+    import io
+
+    from pipeline.sampling.stage import _requests
+
+    tok = _gemma4_tokenizer(tmp_path)
+
+    class Bar:
+        def update(self, n):
+            pass
+
+    chat = Recipe(model={"id": "random:gemma4-tiny"}, prompts={"chat": True})
+    _, params, _ = _requests(chat, tok, [{"id": "x", "prompt": "Write add."}], set(), io.StringIO(), Bar())
+    assert params[0].stop_token_ids == [106]
+    raw = Recipe(model={"id": "random:gemma4-tiny"}, sampling={"stop": ["\ndef "]})
+    _, params, _ = _requests(raw, tok, [{"id": "x", "prompt": "def f():\n"}], set(), io.StringIO(), Bar())
+    assert not params[0].stop_token_ids and params[0].stop == ["\ndef "]

@@ -50,6 +50,14 @@ def serving_mode(recipe: Recipe, model_path: str) -> str:
     return mode
 
 
+def bench_settings(recipe: Recipe, name: str) -> tuple[list[float], int, int | None]:
+    """(temperatures, n, limit) for a benchmark: the target uses the grid, guards may use less."""
+    cfg = recipe.evaluation
+    if name == cfg.benchmarks[0]:
+        return cfg.temperatures, cfg.n, cfg.limit
+    return cfg.guard_temperatures or cfg.temperatures, cfg.guard_n or cfg.n, cfg.guard_limit or cfg.limit
+
+
 def load_problems(recipe: Recipe, name: str) -> list[dict]:
     cfg = recipe.evaluation
     options: dict = {}
@@ -65,7 +73,7 @@ def load_problems(recipe: Recipe, name: str) -> list[dict]:
             "platforms": lcb.platforms,
             "difficulties": lcb.difficulties,
         }
-    return benchmarks.load(name, limit=cfg.limit, **options)
+    return benchmarks.load(name, limit=bench_settings(recipe, name)[2], **options)
 
 
 def _timeout(recipe: Recipe, problem: dict) -> float:
@@ -85,11 +93,17 @@ def entropy(top_logprobs: dict) -> float:
 
 
 def _evaluate(
-    llm, recipe: Recipe, problems: list[dict], path: Path, temperature: float, key: str, lora_request=None
+    engine, recipe: Recipe, problems: list[dict], path: Path, temperature: float, key: str, lora_request=None,
+    generated: dict | None = None, n: int | None = None,
 ) -> list[dict]:
     """Rows of ``path`` for every problem: finished chunks are read back, the rest generated,
-    executed and appended (a chunk at a time, regenerated whole for the same batches)."""
+    executed and appended (a chunk at a time, regenerated whole for the same batches).
+
+    ``engine`` is called for the vLLM engine only when something is left to generate; the
+    number of problems generated is added to ``generated[str(path)]``.
+    """
     cfg = recipe.evaluation
+    n = n or cfg.n
     key_file = path.with_name(path.name + ".key")
     if path.exists() and (not key_file.exists() or key_file.read_text() != key):
         aside = path.with_name(f"{path.stem}.stale{path.suffix}")
@@ -100,12 +114,17 @@ def _evaluate(
     counted: dict[str, set] = {}
     for row in read_raw(path):
         counted.setdefault(row["task_id"], set()).add(row["sample_index"])
-    done = {task for task, indices in counted.items() if len(indices) >= cfg.n}  # a cut-short problem is redone
-    tokenizer = llm.get_tokenizer()
+    done = {task for task, indices in counted.items() if len(indices) >= n}  # a cut-short problem is redone
+    if generated is not None:
+        generated.setdefault(str(path), 0)
+    llm = tokenizer = None
     for start in range(0, len(problems), cfg.chunk_size):
         chunk = problems[start : start + cfg.chunk_size]
         if all(p["task_id"] in done for p in chunk):
             continue
+        if llm is None:
+            llm = engine()
+            tokenizer = llm.get_tokenizer()
         requests, params = [], []
         for p in chunk:
             _, ids = generation.render(tokenizer, {"id": p["task_id"], "prompt": p["prompt"]}, chat=cfg.chat, system_prompt=None, enable_thinking=False)
@@ -115,11 +134,12 @@ def _evaluate(
                     temperature=temperature,
                     top_k=cfg.top_k,
                     top_p=cfg.top_p,
-                    n=cfg.n,
+                    n=n,
                     max_tokens=min(cfg.max_tokens, recipe.engine.max_model_len - len(ids)),
                     stop=[] if cfg.chat else cfg.stop,
                     seed=generation.derive_seed(cfg.seed, p["task_id"]),
                     logprobs=20 if cfg.record_entropy else None,
+                    stop_token_ids=generation.end_of_turn_ids(tokenizer) if cfg.chat else None,
                 )
             )
         results = {}
@@ -157,6 +177,8 @@ def _evaluate(
             out.write("".join(json.dumps(row) + "\n" for row in scored))
             out.flush()
         done.update(p["task_id"] for p in pending)
+        if generated is not None:
+            generated[str(path)] += len(pending)
     order = {p["task_id"]: i for i, p in enumerate(problems)}
     latest = {(r["task_id"], r["sample_index"]): r for r in read_raw(path) if r["task_id"] in order}
     return sorted(latest.values(), key=lambda r: (order[r["task_id"]], r["sample_index"]))
@@ -260,16 +282,31 @@ def run(recipe: Recipe, run_dir: Path) -> dict:
     model_path = models.resolve(recipe.model.id)
     mode = serving_mode(recipe, model_path)
     rank = recipe.training.lora.r if mode == "lora" else 0
-    base_key = runs.hash_obj(params)
+    # A base result depends on the model and decoding, not on the T_eval grid it is part of or on
+    # where it is stored: one key per temperature file, shared by every run that points there.
+    shared = cfg.model_dump(exclude={"temperatures", "base_dir", "adapter_serving", "bootstrap_resamples", "bootstrap_seed", "k",
+                                     "n", "limit", "guard_temperatures", "guard_n", "guard_limit", "benchmarks"})
+    settings = {name: bench_settings(recipe, name) for name in problems}
+
+    def base_key(name: str) -> str:
+        return runs.hash_obj({**params, "evaluation": shared, "benchmark": name, "n": settings[name][1], "limit": settings[name][2]})
+
     adapter_key = runs.hash_obj({**params, "adapter": inputs["adapter"]})
-    results: dict[str, dict[float, dict[str, list[dict]]]] = {name: {t: {} for t in cfg.temperatures} for name in problems}
+    base_dir = Path(cfg.base_dir) if cfg.base_dir else eval_dir
+    results: dict[str, dict[float, dict[str, list[dict]]]] = {name: {t: {} for t in settings[name][0]} for name in problems}
     timings: dict[str, float] = {}
+    generated: dict[str, dict[str, int]] = {"base": {}, "adapter": {}}
+
+    def base_engine():
+        return generation.get_engine(model_path, recipe.engine, revision=recipe.model.revision, max_lora_rank=rank)
 
     t = time.time()
-    llm = generation.get_engine(model_path, recipe.engine, revision=recipe.model.revision, max_lora_rank=rank)
     for name, probs in problems.items():
-        for temp in cfg.temperatures:
-            results[name][temp]["base"] = _evaluate(llm, recipe, probs, eval_dir / name / f"base-T{temp:g}.jsonl", temp, base_key)
+        for temp in results[name]:
+            results[name][temp]["base"] = _evaluate(
+                base_engine, recipe, probs, base_dir / name / f"base-T{temp:g}.jsonl", temp, base_key(name),
+                generated=generated["base"], n=settings[name][1],
+            )
     timings["base_s"] = round(time.time() - t, 2)
 
     t = time.time()
@@ -278,6 +315,7 @@ def run(recipe: Recipe, run_dir: Path) -> dict:
         from vllm.lora.request import LoRARequest
 
         lora_request = LoRARequest("adapter", 1, str(run_dir / ADAPTER))
+        llm = base_engine()
         if not _lora_is_served(llm, lora_request, model_path, run_dir / ADAPTER):
             log.warning("eval: vLLM ignores this adapter (its output does not change where PEFT's does): evaluating a merged copy")
             mode, lora_request = "merged", None
@@ -285,20 +323,28 @@ def run(recipe: Recipe, run_dir: Path) -> dict:
         merged = eval_dir / "merged-model"
         merge_check = models.merge_adapter(model_path, run_dir / ADAPTER, merged)
         merge_check = {k: v for k, v in merge_check.items() if k != "changed"} | {"changed_sample": merge_check["changed"][:8]}
-        llm = generation.get_engine(str(merged), recipe.engine)
+    adapter_engine = (lambda: generation.get_engine(str(merged), recipe.engine)) if mode == "merged" else base_engine
     for name, probs in problems.items():
-        for temp in cfg.temperatures:
+        for temp in results[name]:
             results[name][temp]["adapter"] = _evaluate(
-                llm, recipe, probs, eval_dir / name / f"adapter-T{temp:g}.jsonl", temp, adapter_key, lora_request
+                adapter_engine, recipe, probs, eval_dir / name / f"adapter-T{temp:g}.jsonl", temp, adapter_key, lora_request,
+                generated=generated["adapter"], n=settings[name][1],
             )
     timings["adapter_s"] = round(time.time() - t, 2)
 
     metrics = {"target": cfg.benchmarks[0], "adapter_serving": mode, "merge_check": merge_check, "benchmarks": {}}
     for name, probs in problems.items():
-        grid = [
-            {"temperature": temp, "base": summarize(r["base"], cfg.k, probs), "adapter": summarize(r["adapter"], cfg.k, probs)}
-            for temp, r in results[name].items()
-        ]
+        grid = []
+        for temp, r in results[name].items():
+            at_t = stats.paired_bootstrap(
+                per_problem(r["base"]), per_problem(r["adapter"]), resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed
+            )
+            grid.append({
+                "temperature": temp,
+                "base": summarize(r["base"], cfg.k, probs),
+                "adapter": summarize(r["adapter"], cfg.k, probs),
+                "delta": {"value": at_t.mean_delta, "ci_low": at_t.low, "ci_high": at_t.high},
+            })
         best = {
             label: stats.best_temperature({temp: per_problem(r[label]) for temp, r in results[name].items()})
             for label in ("base", "adapter")
@@ -309,7 +355,7 @@ def run(recipe: Recipe, run_dir: Path) -> dict:
             resamples=cfg.bootstrap_resamples,
             seed=cfg.bootstrap_seed,
         )
-        same_t = results[name][cfg.temperatures[0]]
+        same_t = results[name][settings[name][0][0]]
         metrics["benchmarks"][name] = {
             "grid": grid,
             "base_best": {"temperature": best["base"].temperature, "pass@1": best["base"].mean},
@@ -330,7 +376,13 @@ def run(recipe: Recipe, run_dir: Path) -> dict:
         params=params,
         inputs=inputs,
         outputs={"metrics.json": runs.hash_file(eval_dir / "metrics.json")},
-        counts={"problems": {name: len(p) for name, p in problems.items()}, **timings},
+        counts={
+            "problems": {name: len(p) for name, p in problems.items()},
+            **timings,
+            "base_problems_generated": sum(generated["base"].values()),
+            "adapter_problems_generated": sum(generated["adapter"].values()),
+            "base_dir": str(base_dir),
+        },
         started=started,
         extra={"metrics": metrics},
     )

@@ -185,6 +185,7 @@ def _requests(recipe: Recipe, tokenizer, chunk: list[dict], done: set[str], out,
                 stop=cfg.stop,
                 seed=generation.derive_seed(cfg.seed, prompt["id"]),
                 include_stop_str_in_output=True,  # keep exactly what the model produced
+                stop_token_ids=generation.end_of_turn_ids(tokenizer) if recipe.prompts.chat else None,
             )
         )
         meta.append((prompt, text))

@@ -124,6 +124,7 @@ def sft_config(recipe: Recipe, output_dir: Path, gpu: bool):
         seed=cfg.seed,
         data_seed=cfg.seed,
         logging_steps=cfg.logging_steps,
+        train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
         save_strategy="steps" if cfg.save_steps else "no",
         save_steps=cfg.save_steps or 500,
         save_total_limit=2,
@@ -148,7 +149,12 @@ def make_trainer(recipe: Recipe, model_path: str, examples: list[dict], output_d
         model_path, revision=recipe.model.revision, dtype=torch.bfloat16 if gpu else torch.float32
     )
     args = sft_config(recipe, output_dir, gpu)
-    trainer = SFTTrainer(
+    trainer_class = SFTTrainer
+    if cfg.loss_path == "supervised":
+        from pipeline.training.fastloss import make_trainer_class
+
+        trainer_class = make_trainer_class()
+    trainer = trainer_class(
         model=model,
         args=args,
         train_dataset=Dataset.from_list(examples),
@@ -156,6 +162,15 @@ def make_trainer(recipe: Recipe, model_path: str, examples: list[dict], output_d
         peft_config=peft_lora_config(model.config, cfg.lora),
     )
     check_labels(trainer.train_dataset, len(examples))
+    if cfg.loss_path == "supervised":
+        from pipeline.training.fastloss import agrees_with_trl
+
+        same, ours, theirs = agrees_with_trl(trainer)
+        if not same:
+            log.warning("train: the supervised-only loss (%.6f) differs from TRL's (%.6f) for this model: using TRL's loss", ours, theirs)
+            trainer.__class__ = SFTTrainer
+        else:
+            log.info("train: supervised-only loss checked against TRL's on the first batch: %.6f vs %.6f", ours, theirs)
     return trainer, tokenizer
 
 
@@ -197,6 +212,7 @@ def _train_trl(recipe: Recipe, run_dir: Path, model_path: str, key: str) -> tupl
     tokenizer.save_pretrained(final)
     counts.update(
         trainable_parameters=trainable,
+        loss_path="supervised" if type(trainer).__name__ == "SupervisedLossTrainer" else "trl",
         steps=trainer.state.global_step,
         resumed_from=resume,
         train_loss=result.training_loss,

@@ -1,0 +1,206 @@
+"""ssd sweep: grid parsing and expansion, stage sharing, the report from constructed results,
+and (slow) a real tiny sweep that shares the base evaluation and resumes after kill -9."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from pipeline import runs, sweep
+from pipeline.recipe import Recipe, RecipeError, load_recipe
+
+
+def test_grid_values_are_yaml_and_brackets_do_not_split():
+    grid = sweep.parse_grid(["sampling.temperature=0.6,1.0,1.6", "sampling.stop=[\"\\ndef \",\"x\"],[]", "training.lora.r=8,16"])
+    assert grid == {"sampling.temperature": [0.6, 1.0, 1.6], "sampling.stop": [["\ndef ", "x"], []], "training.lora.r": [8, 16]}
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        ("sampling.temperature", "expected KEY.SUB=V1,V2"),
+        ("=1,2", "expected KEY.SUB=V1,V2"),
+        ("sampling..temperature=1", "expected KEY.SUB=V1,V2"),
+        ("evaluation.temperatures=0.6,1.0", "T_eval axis"),
+        ("sampling.top_p=[1,", "not valid YAML"),
+    ],
+)
+def test_bad_grid_items_are_refused(item, message):
+    with pytest.raises(RecipeError, match=message):
+        sweep.parse_grid([item])
+
+
+def test_expansion_is_the_cartesian_product_plus_the_control():
+    points = sweep.expand({"sampling.temperature": [0.6, 1.6], "sampling.top_k": [20, 0]}, control=True)
+    assert [name for name, _ in points] == [
+        "temperature-0.6_top_k-20", "temperature-0.6_top_k-0", "temperature-1.6_top_k-20", "temperature-1.6_top_k-0", "control",
+    ]
+    assert points[-1][1] == {"sampling.temperature": 1.0, "sampling.top_k": 0, "sampling.top_p": 1.0, "sampling.min_p": 0.0}
+    assert sweep.expand({}, control=False) == [("recipe", {})]
+
+
+def test_point_recipes_carry_the_override_and_the_sweep_directories(tmp_path):
+    base = Recipe(model={"id": "random:gemma4-tiny"}, evaluation={"temperatures": [0.2, 0.8]})
+    point = sweep.point_recipe(base, "control", sweep.CONTROL_OVERRIDES, tmp_path)
+    assert (point.sampling.temperature, point.sampling.top_k, point.sampling.top_p) == (1.0, 0, 1.0)
+    assert point.resolved_run_id() == "control" and Path(point.runs_dir) == tmp_path / "points"
+    assert Path(point.evaluation.base_dir) == tmp_path / "base-eval" and Path(point.registry_dir) == tmp_path / "registry"
+    assert point.evaluation.temperatures == [0.2, 0.8]
+    with pytest.raises(RecipeError, match="sampling.top_p"):
+        sweep.point_recipe(base, "bad", {"sampling.top_p": 2.0}, tmp_path)
+
+
+def test_a_recipe_sweep_section_is_validated(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text("sweep:\n  grid:\n    evaluation.temperatures: [[0.5]]\n")
+    with pytest.raises(RecipeError, match="T_eval axis"):
+        load_recipe(path)
+    path.write_text("sweep:\n  grid:\n    sampling.temperature: [0.6, 1.6]\n  control: true\n")
+    assert load_recipe(path).sweep.grid == {"sampling.temperature": [0.6, 1.6]}
+
+
+def _finished(run_dir: Path, stage: str, files: dict[str, str]) -> None:
+    for name, text in files.items():
+        path = run_dir / name
+        if name == "adapter":
+            path.mkdir(parents=True)
+            (path / "adapter_model.safetensors").write_text(text)
+        else:
+            runs.atomic_write_text(path, text)
+    runs.atomic_write_json(runs.manifest_path(run_dir, stage), {"stage": stage, "status": "complete", "key": "k-" + stage})
+
+
+def test_points_share_samples_when_only_training_differs_and_adapters_when_only_eval_differs(tmp_path):
+    base = Recipe(model={"id": "random:gemma4-tiny"})
+    a = sweep.point_recipe(base, "a", {"training.learning_rate": 1e-4}, tmp_path)
+    b = sweep.point_recipe(base, "b", {"training.learning_rate": 2e-4}, tmp_path)
+    c = sweep.point_recipe(base, "c", {"training.learning_rate": 1e-4, "evaluation.n": 2}, tmp_path)
+    d = sweep.point_recipe(base, "d", {"sampling.temperature": 0.5}, tmp_path)
+    run_a = tmp_path / "points" / "a"
+    _finished(run_a, "sample", {"samples.raw.jsonl": "raw\n", "samples.jsonl": "s\n"})
+    _finished(run_a, "train", {"adapter": "weights"})
+    done = [(run_a, a)]
+    assert sweep.share_stages(tmp_path / "points" / "b", b, done) == ["sample"]
+    assert (tmp_path / "points" / "b" / "samples.jsonl").read_text() == "s\n"
+    assert not (tmp_path / "points" / "b" / "adapter").exists()
+    assert runs.load_manifest(tmp_path / "points" / "b", "sample")["shared_from"] == "a"
+    assert sweep.share_stages(tmp_path / "points" / "c", c, done) == ["sample", "train"]
+    assert (tmp_path / "points" / "c" / "adapter" / "adapter_model.safetensors").read_text() == "weights"
+    assert sweep.share_stages(tmp_path / "points" / "d", d, done) == []
+
+
+def _grid_entry(t, base, adapter, finish=(0.9, 0.8)):
+    return {
+        "temperature": t,
+        "base": {"pass@1": base, "finish_rate": finish[0], "mean_completion_tokens": 50.0},
+        "adapter": {"pass@1": adapter, "finish_rate": finish[1], "mean_completion_tokens": 60.0},
+        "delta": {"value": adapter - base, "ci_low": adapter - base - 0.05, "ci_high": adapter - base + 0.05},
+    }
+
+
+def _constructed_manifest():
+    def point(name, t_train, top_k, top_p, deltas, promoted):
+        grid = [_grid_entry(t, 0.10 + 0.01 * i, 0.10 + 0.01 * i + d) for i, (t, d) in enumerate(zip([0.2, 0.6, 1.0], deltas))]
+        best_i = max(range(3), key=lambda i: grid[i]["adapter"]["pass@1"])
+        bench = {
+            "grid": [{"T_eval": g["temperature"], "base_pass@1": g["base"]["pass@1"], "adapter_pass@1": g["adapter"]["pass@1"],
+                      "delta": g["delta"]["value"], "ci_low": g["delta"]["ci_low"], "ci_high": g["delta"]["ci_high"],
+                      "base_finish_rate": 0.9, "adapter_finish_rate": 0.8, "base_mean_tokens": 50.0, "adapter_mean_tokens": 60.0}
+                     for g in grid],
+            "base_best": {"temperature": 1.0, "pass@1": 0.12},
+            "adapter_best": {"temperature": grid[best_i]["temperature"], "pass@1": grid[best_i]["adapter"]["pass@1"]},
+            "delta": {"value": grid[best_i]["adapter"]["pass@1"] - 0.12, "ci_low": 0.01, "ci_high": 0.09},
+        }
+        return {"name": name, "status": "complete", "T_train": t_train, "top_k": top_k, "top_p": top_p,
+                "results": {"benchmarks": {"humaneval": bench}, "decision": {"promoted": promoted, "reasons": [f"reason-{name}"]},
+                            "wall_s": {"sample": 10, "train": 20, "eval": 30}, "shared": {}}}
+
+    return {
+        "name": "demo", "model": "embedded:gemma3-270m", "grid": {"sampling.temperature": [0.6, 1.6]}, "control": True,
+        "benchmarks": ["humaneval"], "t_eval": [0.2, 0.6, 1.0], "n": 4, "status": "complete",
+        "points": [
+            point("temperature-0.6", 0.6, 20, 0.8, [0.01, 0.02, -0.01], False),
+            point("temperature-1.6", 1.6, 20, 0.8, [0.03, 0.07, 0.02], True),
+            point("control", 1.0, 0, 1.0, [0.0, -0.02, 0.0], False),
+            {"name": "temperature-2.0", "status": "failed", "T_train": 2.0, "top_k": 20, "top_p": 0.8, "results": None},
+        ],
+    }
+
+
+def test_report_table_heatmap_and_best_point_from_constructed_results(tmp_path):
+    manifest = _constructed_manifest()
+    md_path, html_path = sweep.write_reports(tmp_path, manifest)
+    md, page = md_path.read_text(), html_path.read_text()
+    # the best point is the one whose adapter pass@1 at its best T_eval is highest, with its CI
+    assert "Best point: **temperature-1.6**" in md and "95% CI [+0.0100, +0.0900]" in md
+    assert "Base model at its best T_eval: pass@1 0.1200 at T_eval 1" in md
+    table = md.split("### Every point")[1].split("###")[0]
+    assert table.count("| temperature-1.6 |") == 3 and table.count("| control |") == 3  # one row per T_eval
+    assert "| control | 1 | off | 1 | 0.6 | 0.1100 | 0.0900 | -0.0200 | [-0.0700, +0.0300] | 0.900 | 0.800 | 50.0 | 60.0 |" in table
+    heat = md.split("### Delta heatmap")[1].split("## Gate")[0]
+    assert "| temperature-1.6 | 1.6 | +0.0300 | +0.0700 | +0.0200 |" in heat
+    assert "| temperature-2.0 | 2 | - | - | - |" in heat  # a failed point is shown, empty
+    assert "| base pass@1 | | 0.1000 | 0.1100 | 0.1200 |" in heat
+    assert "| temperature-1.6 | yes | reason-temperature-1.6 |" in md
+    # the HTML heatmap colours the cells: the biggest gain is the greenest, losses are red
+    assert page.count('class="heat"') == 4 * 3
+    assert 'style="background:#4baf4b">+0.0700' in page
+    assert f'style="background:{sweep._heat_color(-0.02, 0.07)}">-0.0200' in page and sweep._heat_color(-0.02, 0.07).startswith("#ff")
+    assert json.loads((tmp_path / "sweep.json").read_text())["points"][1]["name"] == "temperature-1.6"
+
+
+# --- a real sweep on the tiny model ---------------------------------------------------------
+
+TINY_SWEEP = [
+    "prompts.limit=4", "sampling.max_tokens=16", "training.epochs=1", "training.save_steps=0",
+    "evaluation.limit=3", "evaluation.max_tokens=16", "evaluation.temperatures=[0.0,0.7]", "engine.dtype=float32", "engine.gpu_memory_utilization=0.1",
+]
+
+
+def _ssd_sweep(tmp_path, *extra):
+    return [sys.executable, "-m", "pipeline.cli", "sweep", str(ROOT / "recipes" / "tiny.yaml"), f"runs_dir={tmp_path}",
+            "--grid", "training.learning_rate=1.0e-3,5.0e-4", *TINY_SWEEP, *extra]
+
+
+@pytest.mark.slow
+def test_tiny_sweep_shares_base_eval_and_samples_and_resumes_after_kill(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    sweep_dir = tmp_path / "sweeps" / "tiny"
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(_ssd_sweep(tmp_path), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    second = sweep_dir / "points" / "learning_rate-0.0005"
+    deadline = time.time() + 900
+    while not runs.load_manifest(second, "train") and proc.poll() is None and time.time() < deadline:
+        time.sleep(1)
+    assert proc.poll() is None, log_path.read_text()[-3000:]
+    os.killpg(proc.pid, signal.SIGKILL)  # mid-sweep: the second point is evaluating
+    proc.wait()
+    first = sweep_dir / "points" / "learning_rate-0.001"
+    first_eval = runs.load_manifest(first, "eval")
+    assert first_eval["counts"]["base_problems_generated"] == 3 * 2  # 3 problems x 2 T_eval, once
+    assert json.loads((sweep_dir / "sweep.json").read_text())["points"][0]["status"] == "complete"
+
+    done = subprocess.run(_ssd_sweep(tmp_path), cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # the first point was not redone; the second shared its samples and the base evaluation
+    assert runs.load_manifest(first, "eval")["started_at"] == first_eval["started_at"]
+    assert runs.load_manifest(second, "sample")["shared_from"] == "learning_rate-0.001"
+    assert runs.load_manifest(second, "eval")["counts"]["base_problems_generated"] == 0
+    assert runs.load_manifest(second, "train").get("shared_from") is None  # its own learning rate: its own adapter
+    base_rows = runs.read_jsonl(sweep_dir / "base-eval" / "humaneval" / "base-T0.jsonl")
+    assert len(base_rows) == 3
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    assert manifest["status"] == "complete" and [p["status"] for p in manifest["points"]] == ["complete", "complete"]
+    md = (sweep_dir / "sweep.md").read_text()
+    assert "Best point: **" in md and md.count("| learning_rate-0.0005 |") >= 3
+    assert all(Path(p["run_dir"]).parent == sweep_dir / "points" for p in manifest["points"])
+    for p in manifest["points"]:
+        recipe = (Path(p["run_dir"]) / "recipe.yaml").read_text()
+        assert f"registry_dir: {sweep_dir / 'registry'}" in recipe
