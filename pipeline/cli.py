@@ -366,7 +366,19 @@ def _cmd_resolve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _terminate(signum, _frame) -> None:
+    """SIGTERM (a scheduler's stop, `kill`) unwinds like an error: the vLLM engine process is shut
+    down in the stages' ``finally`` instead of being orphaned with its memory, and finished work
+    is kept for the rerun."""
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     parser = argparse.ArgumentParser(prog="ssd", description="Simple self-distillation with LoRA.")
     sub = parser.add_subparsers(dest="command", required=True)
     p_run = sub.add_parser("run", help="sample, train, eval and promote, as the recipe says")

@@ -1,6 +1,8 @@
 """Bad input through the real CLI: a non-zero exit, a message naming the field or path,
 and nothing written to the runs directory or the registry."""
 
+import pytest
+
 from conftest import ssd
 
 
@@ -98,3 +100,59 @@ def test_overrides_may_follow_options():
     assert proc.returncode == 0 and "128 tokens x micro batch 4" in proc.stdout
     proc = ssd("plan", "recipes/tiny.yaml", "--bogus")
     assert proc.returncode == 2 and "unrecognized arguments: --bogus" in proc.stderr
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant process of ``pid`` (from /proc)."""
+    from pathlib import Path
+
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+@pytest.mark.slow
+def test_sigterm_shuts_the_vllm_engine_down_with_the_run(tmp_path):
+    """A scheduler's stop (SIGTERM to `ssd`) must not leave vLLM's engine process behind holding
+    its memory; what was sampled stays for the rerun."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ROOT
+
+    err = tmp_path / "stderr.log"
+    with open(err, "w") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pipeline.cli", "sample", str(ROOT / "recipes" / "tiny.yaml"), f"runs_dir={tmp_path / 'runs'}",
+             "prompts.limit=64", "sampling.max_tokens=256", "sampling.chunk_size=8", "engine.gpu_memory_utilization=0.1"],
+            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=fh, start_new_session=True,
+        )
+    try:
+        deadline = time.time() + 600
+        while "sampling:" not in err.read_text() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        assert proc.poll() is None, err.read_text()[-3000:]
+        engine = _children(proc.pid)
+        assert engine, "vLLM's engine runs in child processes"
+        proc.send_signal(signal.SIGTERM)  # to ssd only, as `kill PID` or systemd's stop would
+        assert proc.wait(timeout=120) == 128 + signal.SIGTERM
+        deadline = time.time() + 60
+        while any(os.path.exists(f"/proc/{pid}") and "Z" not in open(f"/proc/{pid}/stat").read().split()[2] for pid in engine):
+            assert time.time() < deadline, f"engine processes {engine} outlived the run"
+            time.sleep(0.5)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
