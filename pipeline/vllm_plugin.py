@@ -59,7 +59,12 @@ def register() -> None:
             return original(logits, k, p, allow_cpu_sync=allow_cpu_sync)
         return top_k_then_top_p(logits, k, p)
 
-    log.info("ssd plugin: vLLM's top-k + top-p sampling uses topk(k) instead of sorting the vocabulary")
+    try:  # vLLM's own logger: the engine processes print it
+        from vllm.logger import init_logger
+
+        init_logger("vllm.ssd_plugin").info("ssd plugin: top-k + top-p sampling uses topk(k), not a vocabulary sort")
+    except ImportError:
+        log.info("ssd plugin: top-k + top-p sampling uses topk(k), not a vocabulary sort")
     apply_top_k_top_p_pytorch._ssd_fast = True
     apply_top_k_top_p_pytorch._ssd_original = original
     sampler.apply_top_k_top_p_pytorch = apply_top_k_top_p_pytorch
