@@ -148,9 +148,15 @@ def stream(llm, prompts: list, params: list, lora_request=None):
     batching), but results arrive one by one, so a caller can persist each prompt's samples
     the moment they exist: an interrupted run loses only unfinished requests.
     """
+    from vllm.sampling_params import RequestOutputKind
+
     engine = llm.llm_engine
     index = {}
     for i, (prompt, param) in enumerate(zip(prompts, params)):
+        # As LLM.generate does: one output per request with all n samples. vLLM's default
+        # (CUMULATIVE) streams each of the n child sequences separately, and the one marked
+        # finished carries only the last child's completion.
+        param.output_kind = RequestOutputKind.FINAL_ONLY
         request_id = f"ssd-{i}"  # outputs carry the id given here (vLLM's internal one differs)
         engine.add_request(request_id, prompt, param, lora_request=lora_request)
         index[request_id] = i

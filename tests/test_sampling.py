@@ -242,3 +242,20 @@ def test_a_prompt_with_missing_samples_is_not_done():
     ]
     assert finished_ids(rows, 2) == {"a", "c"}
     assert finished_ids(rows, 1) == {"a", "b", "c"}
+
+
+@pytest.mark.slow
+def test_n_samples_per_prompt_all_arrive(tmp_path):
+    """With n > 1 every sample of a prompt is kept. (vLLM's default output kind streams the n
+    child sequences one by one, and the output marked finished holds only the last child's: the
+    stage once kept one sample of four without noticing.)"""
+    _sample(tmp_path, "prompts.limit=6", "sampling.n=3", "sampling.temperature=1.0", "sampling.top_k=0", "sampling.top_p=1.0")
+    rows = [json.loads(line) for line in open(_run_dir(tmp_path) / "samples.raw.jsonl")]
+    by_prompt: dict[str, list[int]] = {}
+    for row in rows:
+        by_prompt.setdefault(row["id"], []).append(row["sample_index"])
+    assert len(by_prompt) == 6 and all(sorted(v) == [0, 1, 2] for v in by_prompt.values()), by_prompt
+    texts = {}
+    for row in rows:
+        texts.setdefault(row["id"], set()).add(tuple(row["completion_token_ids"]))
+    assert any(len(t) > 1 for t in texts.values())  # three draws, not one repeated

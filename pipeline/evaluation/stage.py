@@ -152,6 +152,8 @@ def _evaluate(
         for i, p in enumerate(chunk):
             if p["task_id"] in done:
                 continue
+            if len(results[i].outputs) != n:  # every sample or a loud failure, never a silent subset
+                raise RuntimeError(f"{p['task_id']}: vLLM returned {len(results[i].outputs)} of {n} samples")
             for c in sorted(results[i].outputs, key=lambda c: c.index):
                 row = {
                     "task_id": p["task_id"],

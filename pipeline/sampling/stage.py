@@ -148,6 +148,8 @@ def _sample_into(recipe: Recipe, prompts: list[dict], raw_path: Path) -> None:
                 tokens += sum(len(c.token_ids) for c in result.outputs)
                 if prompt["id"] in done:
                     continue  # finished before the interruption: regenerated only to keep the batch
+                if len(result.outputs) != cfg.n:  # every sample or a loud failure, never a silent subset
+                    raise RuntimeError(f"{prompt['id']}: vLLM returned {len(result.outputs)} of {cfg.n} samples")
                 out.write("".join(json.dumps(_row(prompt, text, result, c, cfg)) + "\n" for c in sorted(result.outputs, key=lambda c: c.index)))
                 out.flush()  # one write per prompt: all its samples or none
                 bar.update(1)
