@@ -7,6 +7,8 @@
     ssd plan RECIPE [KEY.SUB=VALUE ...] [--device-gib GIB]
     ssd score --benchmark NAME SAMPLES.jsonl [--k 1 5] [--chat] [--lcb-path FILE]
     ssd registry list | show | rollback ...
+    ssd export NAME[:VERSION] OUT [--format peft|merged|peft-per-expert]
+    ssd serve NAME[:VERSION] [--port P] [--host H] [-- VLLM_ARGS ...]
     ssd resolve MODEL_ID
 
 Exit codes of ``ssd run``: 0 the cycle completed and the adapter was promoted, 3 it completed
@@ -433,10 +435,23 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.registry import add_registry_parser
 
     add_registry_parser(sub)
+    from pipeline.export import add_export_parser
+    from pipeline.serve import add_serve_parser
+
+    add_export_parser(sub)
+    add_serve_parser(sub)
     p_res = sub.add_parser("resolve", help="print the local path of a model id (building it if needed)")
     p_res.add_argument("model", help="embedded:gemma3-270m, random:gemma4-tiny, a directory or a hub id")
     p_res.set_defaults(func=_cmd_resolve)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    passthrough = None  # `ssd serve NAME -- --max-num-seqs 8`: what follows `--` goes to vLLM untouched
+    if "--" in argv:
+        argv, passthrough = argv[: argv.index("--")], argv[argv.index("--") + 1 :]
     args, extra = parser.parse_known_args(argv)
+    if passthrough is not None:
+        if not hasattr(args, "passthrough"):
+            parser.error(f"unrecognized arguments: -- {' '.join(passthrough)}")
+        args.passthrough = passthrough
     # Dotted overrides may come after options too (`ssd run R --run-id X a.b=1`).
     stray = [a for a in extra if "=" not in a or a.startswith("-")]
     if stray or (extra and not hasattr(args, "overrides")):

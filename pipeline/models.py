@@ -148,36 +148,96 @@ class MergeError(RuntimeError):
     """A merged model that does not behave like base + adapter."""
 
 
-def merge_adapter(base: str, adapter: Path, out: Path, *, atol: float = 1e-3) -> dict:
-    """Merge a PEFT adapter into its base and write the result to ``out``, verified.
+MERGE_PROMPTS = ["def add(a, b):\n    return", "Write a function that"]
 
-    The merge is checked before ``out`` appears: the merged model's logits on fixed inputs
-    must equal the unmerged PEFT model's within ``atol``, and the merge must have changed
-    weights (an all-zero adapter merges to the base). Returns the measured figures, with the
-    names of the changed tensors.
+
+def _lora_targets(peft_model) -> dict[str, bool]:
+    """Each base tensor the adapter adapts, by its name after the merge, and whether its LoRA is
+    non-zero (a LoRA B of zeros is PEFT's initialisation: that tensor was not trained).
+
+    Nested ``ParamWrapper``s (several expert parameters of one module) sit on ``base_layer``
+    chains; a merged model has no ``base_layer`` in its names.
+    """
+    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora.layer import ParamWrapper
+
+    targets = {}
+    for name, module in peft_model.named_modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        path = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        tensor = module.parameter_name if isinstance(module, ParamWrapper) else "weight"
+        factors = [m.weight for m in module.lora_B.values()] + list(module.lora_embedding_B.values())
+        targets[f"{path}.{tensor}"] = any(bool(f.detach().abs().max() > 0) for f in factors)
+    return targets
+
+
+def merge_verified(base: str, adapter: Path, *, atol: float = 1e-3, revision: str | None = None):
+    """Merge a PEFT adapter into its base in float32 and prove it; return ``(merged, tokenizer, figures)``.
+
+    Checks, all before anything is written: the merged model's logits on ``MERGE_PROMPTS`` equal
+    the unmerged PEFT model's within ``atol``; every tensor the adapter trained (non-zero LoRA B:
+    attention, MLP, and MoE experts through ``target_parameters``) differs from the base's; and
+    the merge changed something at all (an all-zero adapter merges to the base). Raises
+    ``MergeError`` with the measured figures otherwise.
     """
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, revision=revision)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     peft_model = PeftModel.from_pretrained(model, str(adapter))
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    inputs = tokenizer(["def add(a, b):\n    return", "Write a function that"], return_tensors="pt", padding=True)
+    targets = _lora_targets(peft_model)
+    tokenizer = AutoTokenizer.from_pretrained(base, revision=revision)
+    inputs = tokenizer(MERGE_PROMPTS, return_tensors="pt", padding=True)
     with torch.no_grad():
         expected = peft_model(**inputs).logits
     merged = peft_model.merge_and_unload()
     with torch.no_grad():
         got = merged(**inputs).logits
     max_diff = (expected - got).abs().max().item()
-    if not max_diff <= atol:
-        raise MergeError(f"merged logits differ from the adapter's by {max_diff:.3g} (> {atol})")
     changed = [n for n, p in merged.named_parameters() if n in before and not torch.equal(before[n], p)]
+    untouched = sorted(n for n, trained in targets.items() if trained and n in before and n not in changed)
+    problems = []
+    if not max_diff <= atol:
+        problems.append(f"merged logits differ from the adapter's by {max_diff:.3g} (> {atol})")
+    if untouched:
+        problems.append(
+            f"{len(untouched)} of the {sum(targets.values())} tensors the adapter trains are unchanged by the merge "
+            f"({', '.join(untouched[:3])}{', ...' if len(untouched) > 3 else ''})"
+        )
     if not changed:
-        raise MergeError("the merge changed no weight: the adapter would have no effect")
+        problems.append("the merge changed no weight: the adapter would have no effect")
+    if problems:
+        if max_diff <= atol:
+            problems.append(f"max logit diff {max_diff:.3g}")
+        raise MergeError(f"merge of {adapter} refused: " + "; ".join(problems))
+    figures = {
+        "max_logit_diff": max_diff,
+        "atol": atol,
+        "prompts": len(MERGE_PROMPTS),
+        "changed_tensors": len(changed),
+        "trained_tensors": sum(targets.values()),
+        "changed": changed,
+    }
+    return merged, tokenizer, figures
+
+
+def merge_adapter(base: str, adapter: Path, out: Path, *, atol: float = 1e-3) -> dict:
+    """Merge a PEFT adapter into its base and write the result to ``out``, verified.
+
+    The merge is checked before ``out`` appears (``merge_verified``): the merged model's logits
+    on fixed inputs must equal the unmerged PEFT model's within ``atol``, and the merge must have
+    changed weights (an all-zero adapter merges to the base). Returns the measured figures, with
+    the names of the changed tensors.
+    """
+    merged, tokenizer, figures = merge_verified(base, adapter, atol=atol)
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    log.info("merged %s into %s: %d tensors changed, max logit diff %.2g", adapter, out, len(changed), max_diff)
-    return {"max_logit_diff": max_diff, "changed_tensors": len(changed), "changed": changed}
+    log.info(
+        "merged %s into %s: %d tensors changed, max logit diff %.2g",
+        adapter, out, figures["changed_tensors"], figures["max_logit_diff"],
+    )
+    return figures

@@ -1,0 +1,434 @@
+"""``ssd export``: a registry adapter in the form a server loads, each form proven before it is written.
+
+    ssd export NAME[:VERSION] OUT --format peft|merged|peft-per-expert [--dtype bfloat16]
+
+- ``peft``: the adapter as promoted (``adapter_config.json``, ``adapter_model.safetensors``)
+  at the top of ``OUT``, with its model card (``README.md``) and lineage (``manifest.json``).
+- ``merged``: the adapter merged into its base: a plain model directory that vLLM and
+  transformers load without PEFT. The merge runs in float32 and is checked there (logits equal
+  the PEFT model's within ``atol`` on fixed prompts; every tensor the adapter trains, MoE
+  experts included, changed); only then is it cast to ``--dtype`` (bfloat16 by default) and
+  written, with the base's tokenizer and chat template and a ``generation_config.json`` whose
+  stop ids include the end-of-turn token (Gemma 3 ``<end_of_turn>``, Gemma 4 ``<turn|>``).
+- ``peft-per-expert``: PEFT stores a LoRA on fused 3D expert weights (``target_parameters``) as
+  one pair of factors for all experts; servers that load only per-expert projections (vLLM's
+  native MoE LoRA layout for Gemma 4 is one) need ``experts.{e}.gate_proj``/``up_proj``/
+  ``down_proj`` modules with ordinary 2D factors. Each expert's factors are read from PEFT's own
+  ``ParamWrapper.get_delta_factors`` and written out; then, for every expert and projection,
+  ``B_e @ A_e * scale`` read back from the written file is compared with the delta PEFT's merge
+  puts into the base weights (merged minus base), within ``PER_EXPERT_RTOL`` of that delta.
+
+Every form lands in ``OUT`` through a temporary directory renamed at the end: a failed check
+leaves no ``OUT``. ``export.json`` records the source version and the measured figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import shutil
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from pipeline import registry, runs
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("peft", "merged", "peft-per-expert")
+DTYPES = ("bfloat16", "float16", "float32")
+MERGE_ATOL = 1e-3  # float32 merged vs unmerged PEFT logits: measured 7e-6 (tiny MoE), 4e-4 .. 5e-4 (Gemma 3 270M)
+PER_EXPERT_RTOL = 1e-4  # of the largest delta entry of the tensor, plus float32 rounding of W + delta
+EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+END_OF_TURN = ("<end_of_turn>", "<turn|>")  # Gemma 3, Gemma 4: a chat turn ends here, not on <eos>
+TOKENIZER_EXTRAS = (  # files beside the weights that servers read for prompts (copied when the base has them)
+    "chat_template.jinja",
+    "chat_template.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+)
+
+
+class ExportError(Exception):
+    """Input the export cannot use (unknown name or version, wrong format for the adapter, OUT taken)."""
+
+
+def source(registry_dir: Path | str, ref: str) -> dict[str, Any]:
+    """The registry version ``ref`` (``NAME`` means its ``latest``) as ``registry.show`` returns it."""
+    name, _, version = ref.partition(":")
+    try:
+        return registry.show(registry_dir, name, version or None)
+    except registry.RegistryError as exc:
+        raise ExportError(str(exc)) from None
+
+
+def base_of(manifest: dict[str, Any]) -> tuple[str, str | None]:
+    """(local path or hub id that from_pretrained loads, revision) of the version's base model."""
+    from pipeline import models
+
+    base = manifest.get("base_model")
+    model_id, revision = (base.get("id"), base.get("revision")) if isinstance(base, dict) else (base, None)
+    if not model_id:
+        raise ExportError(f"{manifest['path']}/manifest.json names no base model")
+    try:
+        return models.resolve(str(model_id)), revision
+    except ValueError as exc:
+        raise ExportError(f"{manifest['name']}:{manifest['version']}: {exc}") from None
+
+
+def _record(manifest: dict[str, Any], fmt: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "format": fmt,
+        "source": {
+            "name": manifest["name"],
+            "version": manifest["version"],
+            "path": manifest["path"],
+            "adapter_sha256": manifest.get("adapter_sha256"),
+        },
+        "base_model": manifest.get("base_model"),
+        "exported_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **extra,
+    }
+
+
+def _card(manifest: dict[str, Any], heading: str, body: list[str]) -> str:
+    """This export's card: what the directory is and how to load it, then the registry's card."""
+    version_dir = Path(manifest["path"])
+    original = (version_dir / registry.CARD).read_text() if (version_dir / registry.CARD).is_file() else ""
+    lines = [f"# {manifest['name']} {manifest['version']}: {heading}", "", *body, "", "---", "", original]
+    return "\n".join(lines)
+
+
+def _lineage(tmp: Path, manifest: dict[str, Any]) -> None:
+    shutil.copy2(Path(manifest["path"]) / registry.MANIFEST, tmp / registry.MANIFEST)
+
+
+def export_peft(manifest: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    adapter = Path(manifest["path"]) / registry.ADAPTER
+    shutil.copytree(adapter, tmp, dirs_exist_ok=True)
+    _lineage(tmp, manifest)
+    base = registry._base(manifest)[0]
+    (tmp / registry.CARD).write_text(
+        _card(
+            manifest,
+            "PEFT LoRA adapter",
+            [
+                "The adapter exactly as promoted (`adapter_sha256` in manifest.json). Load it with",
+                f'`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), "<this directory>")` with BASE the '
+                f"base model `{base}`,",
+                f"or serve it with vLLM: `--enable-lora --lora-modules {manifest['name']}=<this directory>`.",
+            ],
+        )
+    )
+    return {"adapter_sha256": runs.hash_path(adapter)}
+
+
+def generation_config(base: str, tokenizer, revision: str | None = None):
+    """The base's generation config with every stop id the tokenizer has: ``<eos>`` and the end of turn.
+
+    A chat model's answer ends on ``<end_of_turn>``/``<turn|>``, which is not ``eos_token_id``;
+    without it in the list, a server that stops on the config's ids runs on to ``max_tokens``.
+    """
+    from transformers import AutoConfig, GenerationConfig
+
+    try:
+        config = GenerationConfig.from_pretrained(base, revision=revision)
+    except OSError:
+        config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(base, revision=revision))
+    stops = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
+    vocab = tokenizer.get_vocab()
+    stops += [tokenizer.eos_token_id, *(vocab[t] for t in END_OF_TURN if t in vocab)]
+    ids = sorted({int(i) for i in stops if i is not None})
+    config.eos_token_id = ids if len(ids) > 1 else ids[0]
+    if config.pad_token_id is None and tokenizer.pad_token_id is not None:
+        config.pad_token_id = tokenizer.pad_token_id
+    if config.bos_token_id is None and tokenizer.bos_token_id is not None:
+        config.bos_token_id = tokenizer.bos_token_id
+    config._from_model_config = False  # else transformers' generate may rebuild it from config.json's single eos
+    return config
+
+
+def export_merged(manifest: dict[str, Any], tmp: Path, *, dtype: str = "bfloat16", atol: float = MERGE_ATOL) -> dict[str, Any]:
+    import torch
+
+    from pipeline import models
+
+    base, revision = base_of(manifest)
+    adapter = Path(manifest["path"]) / registry.ADAPTER
+    log.info("export: merging %s into %s in float32 and checking the logits", adapter, base)
+    merged, tokenizer, figures = models.merge_verified(base, adapter, atol=atol, revision=revision)
+    merged = merged.to(getattr(torch, dtype))
+    merged.generation_config = generation_config(base, tokenizer, revision)
+    merged.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if Path(base).is_dir():
+        for extra in TOKENIZER_EXTRAS:
+            if (Path(base) / extra).is_file() and not (tmp / extra).exists():
+                shutil.copy2(Path(base) / extra, tmp / extra)
+    _lineage(tmp, manifest)
+    stops = merged.generation_config.eos_token_id
+    (tmp / registry.CARD).write_text(
+        _card(
+            manifest,
+            f"merged model ({dtype})",
+            [
+                f"`{manifest['name']}` {manifest['version']} merged into its base `{base}`: a plain model directory, no PEFT needed.",
+                f"Verified before writing: float32 merged logits equal the PEFT model's within {atol:g} "
+                f"(measured {figures['max_logit_diff']:.3g} on {figures['prompts']} prompts); "
+                f"{figures['changed_tensors']} tensors changed, every one of the {figures['trained_tensors']} the adapter trains "
+                f"among them. Then cast to {dtype}. Stop ids (generation_config.json): {stops}.",
+                "",
+                '`AutoModelForCausalLM.from_pretrained("<this directory>")`, or vLLM: `LLM(model="<this directory>")`, '
+                "`python -m vllm.entrypoints.openai.api_server --model <this directory>`.",
+            ],
+        )
+    )
+    log.info("export: merge verified (max logit diff %.3g <= %g), written as %s", figures["max_logit_diff"], atol, dtype)
+    return {
+        "dtype": dtype,
+        "stop_token_ids": stops if isinstance(stops, list) else [stops],
+        "verification": {k: v for k, v in figures.items() if k != "changed"} | {"dtype_verified": "float32"},
+    }
+
+
+def expert_factors(wrapper, adapter_name: str = "default"):
+    """Per-expert ``(B, A, scale)`` of a LoRA on a fused 3D expert parameter, from PEFT itself.
+
+    ``B`` is ``(experts, out, r)`` and ``A`` ``(experts, r, in)`` such that expert ``e``'s linear
+    weight (``out x in``, as ``F.linear`` uses it) changes by ``scale * B[e] @ A[e]``. PEFT 0.21
+    keeps A expert-major (``(experts * r, in)``) but B rank-major (``(out, r * experts)``, expert
+    index fastest), so a plain reshape of B picks the wrong columns: ``get_delta_factors`` is
+    PEFT's own reading of its layout.
+    """
+    lhs, rhs, scale = wrapper.get_delta_factors(adapter_name)
+    if wrapper._did_swap_in_out_features:  # parameter stored (experts, out, in): delta = lhs @ rhs
+        return lhs, rhs, scale
+    return rhs.transpose(-2, -1), lhs.transpose(-2, -1), scale  # stored (experts, in, out): transpose
+
+
+def _fused_wrappers(peft_model) -> dict[str, Any]:
+    from peft.tuners.lora.layer import ParamWrapper
+
+    return {
+        name: module
+        for name, module in peft_model.named_modules()
+        if isinstance(module, ParamWrapper) and module.num_experts > 1
+    }
+
+
+def _pattern_value(pattern: dict, module: str, default):
+    """PEFT's rank/alpha pattern lookup: a key matches a module name ending in it (as a regex)."""
+    for key, value in (pattern or {}).items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def _scale(config: dict, module: str) -> float:
+    r = _pattern_value(config.get("rank_pattern"), module, config["r"])
+    alpha = _pattern_value(config.get("alpha_pattern"), module, config["lora_alpha"])
+    return alpha / r**0.5 if config.get("use_rslora") else alpha / r
+
+
+def export_per_expert(manifest: dict[str, Any], tmp: Path, *, rtol: float = PER_EXPERT_RTOL) -> dict[str, Any]:
+    import torch
+    from peft import PeftModel
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    base, revision = base_of(manifest)
+    adapter = Path(manifest["path"]) / registry.ADAPTER
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    if not config.get("target_parameters"):
+        raise ExportError(
+            f"{manifest['name']}:{manifest['version']} has no expert LoRA (adapter_config.json has no target_parameters): "
+            "its modules are already ordinary 2D LoRA; export it with --format peft"
+        )
+    model_type = AutoConfig.from_pretrained(base, revision=revision).get_text_config().model_type
+    if not model_type.startswith("gemma4"):
+        raise ExportError(
+            f"--format peft-per-expert knows the fused expert layout of Gemma 4 only (gate_up_proj = [gate; up]); "
+            f"the base of {manifest['name']}:{manifest['version']} is {model_type!r}"
+        )
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ExportError(f"{weights} not found: the per-expert export reads safetensors adapters")
+
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, revision=revision)
+    before = {name: p.detach().clone() for name, p in model.named_parameters() if ".experts." in name}
+    peft_model = PeftModel.from_pretrained(model, str(adapter))
+    wrappers = _fused_wrappers(peft_model)
+    if not wrappers:
+        raise ExportError(f"{adapter}: PEFT found no LoRA on fused 3D expert weights in this adapter")
+    with safe_open(str(weights), framework="pt") as fh:
+        original = {key: fh.get_tensor(key) for key in fh.keys()}
+    out_dtype = next(iter(original.values())).dtype
+
+    tensors: dict[str, torch.Tensor] = {}
+    fused_keys: set[str] = set()
+    experts: dict[str, dict] = {}  # merged parameter name -> its per-expert module names and layout
+    for name, wrapper in wrappers.items():
+        path = name.removeprefix("base_model.model.").replace(".base_layer", "")
+        fused_keys |= {f"{name}.lora_A.weight", f"{name}.lora_B.weight"}
+        param = wrapper.parameter_name
+        if param not in ("gate_up_proj", "down_proj"):
+            raise ExportError(f"{adapter}: LoRA on {path}.{param}; the per-expert layout knows gate_up_proj and down_proj")
+        b, a, _ = expert_factors(wrapper)
+        b, a = b.detach().to(out_dtype), a.detach().to(out_dtype)
+        half = b.shape[1] // 2
+        parts = {"gate_proj": slice(0, half), "up_proj": slice(half, None)} if param == "gate_up_proj" else {"down_proj": slice(None)}
+        for e in range(wrapper.num_experts):
+            for proj, rows in parts.items():
+                module = f"{path}.{e}.{proj}"
+                tensors[f"base_model.model.{module}.lora_A.weight"] = a[e].clone()  # gate and up share A: one copy each
+                tensors[f"base_model.model.{module}.lora_B.weight"] = b[e, rows].clone()
+        experts[f"{path}.{param}"] = {"path": path, "parts": parts, "experts": wrapper.num_experts, "swapped": wrapper._did_swap_in_out_features}
+    missing = sorted(fused_keys - original.keys())
+    if missing:
+        raise ExportError(f"{weights} lacks {', '.join(missing[:2])}: not the layout PEFT {_peft_version()} writes")
+    for key, value in original.items():
+        if key not in fused_keys:
+            tensors[key] = value
+    modules = sorted({k.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for k in tensors})
+    new_config = dict(config, target_modules=modules, target_parameters=None)
+    save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+    runs.atomic_write_json(tmp / "adapter_config.json", new_config)
+
+    # The proof: what was written, read back, against the delta PEFT's merge adds to the base.
+    merged = dict(peft_model.merge_and_unload().named_parameters())
+    with safe_open(str(tmp / "adapter_model.safetensors"), framework="pt") as fh:
+        written = {key: fh.get_tensor(key) for key in fh.keys()}
+    copied_equal = all(torch.equal(written[k], v) for k, v in original.items() if k not in fused_keys)
+    if not copied_equal:
+        raise ExportError(f"{adapter}: the non-expert LoRA tensors did not survive the rewrite unchanged")
+    eps = torch.finfo(torch.float32).eps
+    worst, worst_where, checked = 0.0, "", 0
+    for param_name, info in experts.items():
+        delta = merged[param_name].detach() - before[param_name]
+        bound_w = 4 * eps * max(merged[param_name].abs().max().item(), before[param_name].abs().max().item())
+        if not info["swapped"]:
+            delta = delta.transpose(-2, -1)  # (experts, out, in), as F.linear sees each expert
+        tol = rtol * delta.abs().max().item() + bound_w
+        for e in range(info["experts"]):
+            for proj, rows in info["parts"].items():
+                module = f"{info['path']}.{e}.{proj}"
+                a = written[f"base_model.model.{module}.lora_A.weight"].float()
+                b = written[f"base_model.model.{module}.lora_B.weight"].float()
+                diff = (b @ a * _scale(new_config, module) - delta[e, rows]).abs().max().item()
+                checked += 1
+                if diff > worst:
+                    worst, worst_where = diff, module
+                if not diff <= tol:
+                    raise ExportError(
+                        f"per-expert factors of {module} differ from PEFT's fused delta by {diff:.3g} (tolerance {tol:.3g}): "
+                        "the expert layout was misread; nothing written"
+                    )
+    trained = sum(1 for info in experts if (merged[info].detach() - before[info]).abs().max() > 0)
+    log.info("export: %d per-expert projections equal PEFT's fused delta, max diff %.3g (%s)", checked, worst, worst_where)
+    _lineage(tmp, manifest)
+    (tmp / registry.CARD).write_text(
+        _card(
+            manifest,
+            "per-expert LoRA adapter",
+            [
+                "The fused expert LoRA (PEFT `target_parameters`) rewritten as ordinary 2D LoRA per expert and projection "
+                "(`...experts.{e}.gate_proj` / `up_proj` / `down_proj`), the other modules unchanged.",
+                f"Verified before writing: for each of the {checked} expert projections, `B_e @ A_e * scale` equals the delta "
+                f"PEFT's merge adds to the base (max difference {worst:.3g}, tolerance {rtol:g} of the largest delta).",
+                "",
+                "vLLM: `--enable-lora --lora-modules NAME=<this directory>` (its native MoE LoRA layout for Gemma 4; "
+                "the fused adapter needs `--enable-mixed-moe-lora-format` and `is_3d_lora_weight`). "
+                "PEFT cannot load this form into transformers' fused Gemma 4 experts: use --format peft there.",
+            ],
+        )
+    )
+    return {
+        "verification": {
+            "expert_projections": checked,
+            "fused_tensors": len(experts),
+            "fused_tensors_changed_by_merge": trained,
+            "max_abs_diff": worst,
+            "rtol": rtol,
+        },
+        "target_modules": len(modules),
+    }
+
+
+def _peft_version() -> str:
+    import peft
+
+    return peft.__version__
+
+
+def export(
+    registry_dir: Path | str,
+    ref: str,
+    out: Path | str,
+    fmt: str,
+    *,
+    dtype: str = "bfloat16",
+    atol: float = MERGE_ATOL,
+    force: bool = False,
+) -> dict[str, Any]:
+    """Export the registry version ``ref`` to ``out`` in ``fmt``; returns what ``export.json`` records."""
+    if fmt not in FORMATS:
+        raise ExportError(f"unknown format {fmt!r}: one of {', '.join(FORMATS)}")
+    if dtype not in DTYPES:
+        raise ExportError(f"unknown dtype {dtype!r}: one of {', '.join(DTYPES)}")
+    out = Path(out)
+    manifest = source(registry_dir, ref)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
+        raise ExportError(f"{out} exists and is not empty; choose another OUT or pass --force to replace it")
+    with runs.atomic_dir(out) as tmp:
+        if fmt == "peft":
+            details = export_peft(manifest, tmp)
+        elif fmt == "merged":
+            details = export_merged(manifest, tmp, dtype=dtype, atol=atol)
+        else:
+            details = export_per_expert(manifest, tmp)
+        record = _record(manifest, fmt, **details)
+        runs.atomic_write_json(tmp / "export.json", record)
+    log.info("export: %s:%s -> %s (%s)", manifest["name"], manifest["version"], out, fmt)
+    return record
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """0 written; 2 unknown name/version or input that cannot be exported; 1 a check failed (nothing written)."""
+    from pipeline.models import MergeError
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    try:
+        record = export(args.registry_dir, args.ref, args.out, args.format, dtype=args.dtype, atol=args.atol, force=args.force)
+    except ExportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_INVALID
+    except MergeError as exc:
+        print(f"error: {exc}; nothing written to {args.out}", file=sys.stderr)
+        return EXIT_FAILED
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    src = record["source"]
+    print(f"exported {src['name']}:{src['version']} as {record['format']} to {args.out}")
+    if "verification" in record:
+        print(json.dumps(record["verification"], indent=2))
+    return EXIT_OK
+
+
+def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("export", help="write a registry adapter as PEFT, merged model or per-expert LoRA, verified")
+    p.add_argument("ref", metavar="NAME[:VERSION]", help="registry name, optionally :VERSION (default: latest)")
+    p.add_argument("out", metavar="OUT", help="output directory (must not exist or be empty, unless --force)")
+    p.add_argument("--format", choices=FORMATS, default="peft", help="peft (default), merged, or peft-per-expert (MoE)")
+    p.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="merged weights' dtype (verified in float32 first)")
+    p.add_argument("--atol", type=float, default=MERGE_ATOL, help=f"merged vs PEFT float32 logits tolerance (default {MERGE_ATOL:g})")
+    p.add_argument("--force", action="store_true", help="replace a non-empty OUT (only once the new one is complete)")
+    p.add_argument("--registry-dir", default=registry.DEFAULT_REGISTRY_DIR, help=f"default: {registry.DEFAULT_REGISTRY_DIR}")
+    p.set_defaults(func=_cmd_export)
+    return p
