@@ -24,7 +24,6 @@ and ``sweep.html`` are rewritten after every point.
 
 from __future__ import annotations
 
-import copy
 import html
 import itertools
 import json
@@ -267,10 +266,9 @@ def tables(manifest: dict) -> dict:
         base_by_t: dict[float, dict] = {}
         for p in points:
             r = (p.get("results") or {}).get("benchmarks", {}).get(bench)
-            if not r:
-                rows.append([p["name"], _f(p["T_train"], "g"), _topk(p["top_k"]), _f(p["top_p"], "g"), "-", *["-"] * 8,
-                             ][:len(header)])
-                rows[-1][5] = p.get("status", "pending")
+            if not r:  # not evaluated (yet): its status where the base's pass@1 would be
+                rows.append([p["name"], _f(p["T_train"], "g"), _topk(p["top_k"]), _f(p["top_p"], "g"), "-",
+                             p.get("status", "pending"), *["-"] * 7])
                 heat.append([p["name"], p["T_train"], *[None] * len(temps)])
                 continue
             cells = {g["T_eval"]: g for g in r["grid"]}
@@ -472,5 +470,4 @@ def load_manifest(sweep_dir: Path) -> dict:
 
 def rerender(sweep_dir: Path) -> tuple[Path, Path]:
     """Rewrite sweep.md and sweep.html from sweep.json (after a change to the report code)."""
-    manifest = copy.deepcopy(load_manifest(sweep_dir))
-    return write_reports(sweep_dir, manifest)
+    return write_reports(sweep_dir, load_manifest(sweep_dir))
