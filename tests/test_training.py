@@ -227,3 +227,23 @@ def test_chat_sampling_stops_on_the_end_of_turn_token(tmp_path):
     raw = Recipe(model={"id": "random:gemma4-tiny"}, sampling={"stop": ["\ndef "]})
     _, params, _ = _requests(raw, tok, [{"id": "x", "prompt": "def f():\n"}], set(), io.StringIO(), Bar())
     assert not params[0].stop_token_ids and params[0].stop == ["\ndef "]
+
+
+def test_a_checkpoint_cut_short_by_a_kill_is_set_aside(tmp_path):
+    """kill -9 during a save leaves checkpoint-N without trainer_state.json (the Trainer writes it
+    last): the resume must use the checkpoint before it, and keep the broken one aside."""
+    import json
+
+    from pipeline.training.stage import last_complete_checkpoint
+
+    for step, state in ((2, json.dumps({"global_step": 2})), (4, None), (6, '{"global_st')):
+        ckpt = tmp_path / f"checkpoint-{step}"
+        ckpt.mkdir()
+        (ckpt / "adapter_model.safetensors").write_bytes(b"x")
+        if state is not None:
+            (ckpt / "trainer_state.json").write_text(state)
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[0] == "checkpoint-2" and len(names) == 3
+    assert all(n.startswith(("incomplete-checkpoint-4-", "incomplete-checkpoint-6-")) for n in names[1:])
+    assert last_complete_checkpoint(tmp_path / "none") is None

@@ -19,6 +19,7 @@ rerun, with the same data order.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -187,14 +188,36 @@ def _checkpoint_dir(run_dir: Path, key: str) -> Path:
     return path
 
 
-def _train_trl(recipe: Recipe, run_dir: Path, model_path: str, key: str) -> tuple[Path, dict]:
-    from transformers.trainer_utils import get_last_checkpoint
+def last_complete_checkpoint(out: Path) -> str | None:
+    """The newest checkpoint whose files were all written, or None.
 
+    The Trainer writes ``trainer_state.json`` last; a kill during a save leaves a
+    ``checkpoint-N`` without it (or with half of it), which transformers'
+    ``get_last_checkpoint`` would still return and the resume would die on. Such a directory is
+    moved aside (never deleted) and the one before it is used.
+    """
+    steps = []
+    for path in out.glob("checkpoint-*"):
+        suffix = path.name.removeprefix("checkpoint-")
+        if path.is_dir() and suffix.isdigit():
+            steps.append((int(suffix), path))
+    for _, path in sorted(steps, reverse=True):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (OSError, ValueError):
+            aside = path.with_name(f"incomplete-{path.name}-{int(time.time())}")
+            log.warning("train: %s was cut short while being written: moved to %s", path, aside)
+            os.replace(path, aside)
+    return None
+
+
+def _train_trl(recipe: Recipe, run_dir: Path, model_path: str, key: str) -> tuple[Path, dict]:
     examples, counts = build_examples(runs.read_jsonl(run_dir / SAMPLES), recipe.training.max_length)
     out = _checkpoint_dir(run_dir, key)
     trainer, tokenizer = make_trainer(recipe, model_path, examples, out)
     trainable = sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)
-    resume = get_last_checkpoint(str(out))
+    resume = last_complete_checkpoint(out)
     log.info(
         "train: %d examples, %d supervised tokens, %d trainable parameters%s",
         counts["examples"], counts["supervised_tokens"], trainable, f"; resuming from {resume}" if resume else "",
