@@ -43,7 +43,6 @@ DTYPES = ("bfloat16", "float16", "float32")
 MERGE_ATOL = 1e-3  # float32 merged vs unmerged PEFT logits: measured 7e-6 (tiny MoE), 4e-4 .. 5e-4 (Gemma 3 270M)
 PER_EXPERT_RTOL = 1e-4  # of the largest delta entry of the tensor, plus float32 rounding of W + delta
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
-END_OF_TURN = ("<end_of_turn>", "<turn|>")  # Gemma 3, Gemma 4: a chat turn ends here, not on <eos>
 TOKENIZER_EXTRAS = (  # files beside the weights that servers read for prompts (copied when the base has them)
     "chat_template.jinja",
     "chat_template.json",
@@ -136,13 +135,14 @@ def generation_config(base: str, tokenizer, revision: str | None = None):
     """
     from transformers import AutoConfig, GenerationConfig
 
+    from pipeline.generation import end_of_turn_ids
+
     try:
         config = GenerationConfig.from_pretrained(base, revision=revision)
     except OSError:
         config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(base, revision=revision))
     stops = config.eos_token_id if isinstance(config.eos_token_id, list) else [config.eos_token_id]
-    vocab = tokenizer.get_vocab()
-    stops += [tokenizer.eos_token_id, *(vocab[t] for t in END_OF_TURN if t in vocab)]
+    stops += [tokenizer.eos_token_id, *end_of_turn_ids(tokenizer)]
     ids = sorted({int(i) for i in stops if i is not None})
     config.eos_token_id = ids if len(ids) > 1 else ids[0]
     if config.pad_token_id is None and tokenizer.pad_token_id is not None:
