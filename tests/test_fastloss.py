@@ -5,8 +5,9 @@ import torch
 
 from pipeline import models
 from pipeline.recipe import Recipe
-from pipeline.training.fastloss import _SupervisedCrossEntropy, supervised_loss
-from pipeline.training.stage import build_examples, make_trainer
+from pipeline.training import fastloss
+from pipeline.training.fastloss import supervised_cross_entropy, supervised_loss
+from pipeline.training.trl import build_examples, make_trainer
 
 
 def _rows(vocab: int, seed: int = 0) -> list[dict]:
@@ -22,8 +23,13 @@ def _rows(vocab: int, seed: int = 0) -> list[dict]:
 def _trainer(tmp_path, model_path: str, loss_path: str, model_id: str = "random:gemma4-tiny"):
     recipe = Recipe(
         model={"id": model_id},
-        training={"micro_batch_size": 4, "max_steps": 1, "loss_path": loss_path, "save_steps": 0,
-                  "lora": {"r": 8, "alpha": 16, "target_parameters": []}},
+        training={
+            "micro_batch_size": 4,
+            "max_steps": 1,
+            "loss_path": loss_path,
+            "save_steps": 0,
+            "lora": {"r": 8, "alpha": 16, "target_parameters": []},
+        },
     )
     from transformers import AutoConfig
 
@@ -67,10 +73,16 @@ def _compare(trainer):
     ours, g_ours = _loss_and_grads(trainer, lambda m: supervised_loss(causal_lm, dict(batch))[0])
     # and the model's own forward with full logits and transformers' loss: the plain reference
     with torch.no_grad():
-        plain = float(trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss)
+        plain = float(
+            trainer.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]
+            ).loss
+        )
     assert ours == pytest.approx(theirs, rel=1e-5, abs=1e-6)
     assert ours == pytest.approx(plain, rel=1e-5, abs=1e-6)
-    worst = max((g_ours[n] - g_theirs[n]).abs().max().item() / (g_theirs[n].abs().max().item() + 1e-12) for n in g_theirs)
+    worst = max(
+        (g_ours[n] - g_theirs[n]).abs().max().item() / (g_theirs[n].abs().max().item() + 1e-12) for n in g_theirs
+    )
     assert worst < 1e-4, f"gradients differ by {worst:.2e} (relative)"
     assert any(g.abs().max() > 0 for g in g_ours.values())
     return ours
@@ -78,7 +90,7 @@ def _compare(trainer):
 
 def test_same_loss_and_gradients_as_trl_on_the_tiny_moe(tmp_path):
     trainer = _trainer(tmp_path, models.resolve("random:gemma4-tiny"), "supervised")
-    assert type(trainer).__name__ == "SupervisedLossTrainer"
+    assert trainer.loss_path == "supervised"
     _compare(trainer)
 
 
@@ -108,11 +120,34 @@ def test_chunking_does_not_change_the_result():
     targets = torch.randint(0, 50, (37,), generator=gen)
     results = []
     for chunk in (1, 5, 37, 100):
-        total, _ = _SupervisedCrossEntropy.apply(hidden, weight, targets, 2.0, 1.5, chunk)
+        total, _ = supervised_cross_entropy(hidden, weight, targets, 2.0, 1.5, chunk)
         gh, gw = torch.autograd.grad(total * 0.5, [hidden, weight])
         results.append((total.item(), gh, gw))
-    reference = torch.nn.functional.cross_entropy(torch.tanh(hidden @ weight.T * 1.5 / 2.0) * 2.0, targets, reduction="sum")
+    reference = torch.nn.functional.cross_entropy(
+        torch.tanh(hidden @ weight.T * 1.5 / 2.0) * 2.0, targets, reduction="sum"
+    )
     rgh, rgw = torch.autograd.grad(reference * 0.5, [hidden, weight])
     for total, gh, gw in results:
         assert total == pytest.approx(reference.item(), rel=1e-5)
         assert torch.allclose(gh, rgh, atol=1e-5) and torch.allclose(gw, rgw, atol=1e-5)
+
+
+def test_a_loss_that_disagrees_with_trl_falls_back_to_trls_path(tmp_path, monkeypatch, caplog):
+    """The start-up check: where the supervised-only loss differs from TRL's on the first batch,
+    the trainer keeps TRL's loss and says so; training steps then never call the fast path."""
+    real = fastloss.supervised_loss
+
+    def off_by_one(causal_lm, inputs, num_items_in_batch=None):
+        loss, count, correct = real(causal_lm, inputs, num_items_in_batch)
+        return loss + 1.0, count, correct
+
+    monkeypatch.setattr(fastloss, "supervised_loss", off_by_one)
+    with caplog.at_level("WARNING"):
+        trainer = _trainer(tmp_path, models.resolve("random:gemma4-tiny"), "supervised")
+    assert trainer.loss_path == "trl"
+    assert "differs from TRL's" in caplog.text and "using TRL's loss" in caplog.text
+    monkeypatch.setattr(
+        fastloss, "supervised_loss", lambda *args, **kwargs: pytest.fail("fast path used after fallback")
+    )
+    trainer.model.train()
+    assert float(trainer.compute_loss(trainer.model, dict(_batch(trainer)))) > 0

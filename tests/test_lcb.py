@@ -10,7 +10,7 @@ import pytest
 
 from pipeline.evaluation import benchmarks
 from pipeline.evaluation.benchmarks import BenchmarkError
-from pipeline.evaluation.lcb_checker import stdout_mismatch
+from pipeline.evaluation.sandbox.lcb_checker import stdout_mismatch
 from pipeline.evaluation.lcb_decode import decode_private_tests, encode_private_tests
 from pipeline.evaluation.sandbox import execute_many
 

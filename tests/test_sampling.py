@@ -14,7 +14,7 @@ from conftest import ROOT, ssd
 from pipeline import generation, models
 from pipeline.prompts import PromptError, load_source
 from pipeline.recipe import PromptsConfig, Recipe, RecipeError, load_recipe
-from pipeline.sampling.stage import SampleFileError, drop_reason, read_raw
+from pipeline.stages.sample import drop_reason, shard_prompts
 
 DATA = Path(__file__).parent / "data"
 MBPP = ROOT.parent / "shared" / "data" / "mbpp.jsonl"
@@ -144,21 +144,9 @@ def test_drop_reasons_never_judge_correctness():
 
 
 def test_shards_take_whole_chunks_in_turn():
-    from pipeline.sampling.stage import _shard
-
     prompts = [{"id": str(i)} for i in range(10)]
-    assert [p["id"] for p in _shard(prompts, 3, 0, 2)] == ["0", "1", "2", "6", "7", "8"]
-    assert [p["id"] for p in _shard(prompts, 3, 1, 2)] == ["3", "4", "5", "9"]
-
-
-def test_half_written_last_line_is_dropped_and_cut(tmp_path):
-    path = tmp_path / "raw.jsonl"
-    path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "compl')
-    assert [r["id"] for r in read_raw(path)] == ["a", "b"]
-    assert path.read_text() == '{"id": "a"}\n{"id": "b"}\n'
-    path.write_text('{"id": "a"}\n{"id": \n{"id": "c"}\n')
-    with pytest.raises(SampleFileError, match=rf"{path}:2: corrupt line"):
-        read_raw(path)
+    assert [p["id"] for p in shard_prompts(prompts, 3, 0, 2)] == ["0", "1", "2", "6", "7", "8"]
+    assert [p["id"] for p in shard_prompts(prompts, 3, 1, 2)] == ["3", "4", "5", "9"]
 
 
 # --- real vLLM: determinism, kill -9 resume, shards -----------------------------------------
@@ -230,18 +218,6 @@ def test_shards_merge_into_the_unsharded_file(reference, tmp_path):
     assert proc.returncode == 1 and "shard 0/3 is missing" in proc.stderr
     _sample(tmp_path, "--merge", "2")
     assert (run / "samples.jsonl").read_bytes() == (reference / "samples.jsonl").read_bytes()
-
-
-def test_a_prompt_with_missing_samples_is_not_done():
-    from pipeline.sampling.stage import finished_ids
-
-    rows = [
-        {"id": "a", "sample_index": 0}, {"id": "a", "sample_index": 1},
-        {"id": "b", "sample_index": 0},  # its second sample was cut off by a kill
-        {"id": "c", "dropped": "prompt_too_long", "prompt_tokens": 9000},
-    ]
-    assert finished_ids(rows, 2) == {"a", "c"}
-    assert finished_ids(rows, 1) == {"a", "b", "c"}
 
 
 @pytest.mark.slow

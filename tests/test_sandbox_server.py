@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pipeline.evaluation.sandbox import _identity, _Server, execute, execute_many
+from pipeline.evaluation.sandbox.server import _identity, _Server, execute, execute_many
 
 
 def test_each_program_is_a_new_process_with_fresh_randomness():

@@ -18,7 +18,8 @@ import pytest
 from conftest import ROOT
 from test_export import _lineage, _moe_adapter
 
-from pipeline import cli, models, registry, serve
+from pipeline import cli, models
+from pipeline.deploy import registry, serve
 
 NAME = "coder"
 
@@ -49,7 +50,8 @@ def test_dense_adapter_is_served_as_lora_beside_its_base(dense_reg, tmp_path, ca
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     adapter = dense_reg / NAME / "v0001" / "adapter"
-    assert f"--enable-lora --lora-modules {NAME}={adapter} --max-lora-rank 16 --max-num-seqs 4 --seed 7" in out  # extras last
+    assert "--enable-lora --max-lora-rank 16 --max-loras 1" in out
+    assert f"--lora-modules {NAME}={adapter} --max-num-seqs 4 --seed 7" in out  # extras last
     assert f"--model {tmp_path / 'base'} --served-model-name {tmp_path / 'base'}" in out
     assert "--max-model-len 512" in out  # the recorded recipe's engine.max_model_len
     assert "url: http://127.0.0.1:8123/v1" in out
@@ -104,11 +106,12 @@ def test_unknown_adapter_taken_port_and_stray_arguments_are_clear_errors(dense_r
 
 FAKE_SERVE = r"""
 import os, sys
-from pipeline import serve
+from pipeline.cli.serve import run_server
+from pipeline.deploy import serve
 
 server = [sys.executable, "-c", "import time; time.sleep(300)"]  # stands in for vLLM: never answers
 plan = serve.Plan(cmd=server, env=dict(os.environ), url="http://127.0.0.1:9/v1", models={"adapter": "x"}, mode="lora", source="x:v0001")
-sys.exit(serve.run(plan))
+sys.exit(run_server(plan))
 """
 
 

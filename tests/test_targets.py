@@ -23,8 +23,15 @@ def _tiny_multimodal_config():
     return Gemma4Config(
         text_config=models.tiny_gemma4_config().to_dict(),
         vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-            num_key_value_heads=2, head_dim=16, patch_size=4, position_embedding_size=16, pooling_kernel_size=2,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            head_dim=16,
+            patch_size=4,
+            position_embedding_size=16,
+            pooling_kernel_size=2,
         ),
     )
 
@@ -60,8 +67,14 @@ def test_explicit_values_override_the_preset_field_by_field():
 def test_dense_gemma3_uses_all_linear_and_expert_dropout_is_refused():
     from transformers import Gemma3TextConfig
 
-    dense = Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                             num_key_value_heads=1, head_dim=32)
+    dense = Gemma3TextConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+    )
     assert targets.resolve_targets(dense, _auto(_lora())) == ("all-linear", [])
     with pytest.raises(targets.TargetError, match=r"training\.lora\.dropout=0\.1"):
         targets.resolve_targets(models.tiny_gemma4_config(), _auto(_lora(dropout=0.1)))
@@ -155,3 +168,41 @@ def test_full_26b_config_lists_in_seconds_with_the_hand_counted_trainable_size()
     assert report.trainable_parameters == attention + mlp + expert_lora == 494_376_960
     assert 25.7e9 < report.total_parameters < 25.9e9  # 25.2B language model + ~0.57B vision tower
     assert not any("vision" in m for m in report.modules)
+
+
+def test_peft_layout_refuses_a_peft_it_was_not_checked_against():
+    from pipeline.training import peft_layout
+
+    peft_layout.check_version("0.21.9")
+    for other in ("0.22.0", "1.21.0", "0.20.1"):
+        with pytest.raises(
+            peft_layout.PeftVersionError, match=rf"PEFT {other} is installed; .* written for PEFT 0\.21\.x"
+        ):
+            peft_layout.check_version(other)
+
+
+def test_peft_layout_names_match_what_peft_builds_and_saves(tiny_path):
+    """The naming rules peft_layout encodes, against a real PEFT model with nested expert wrappers."""
+    from peft import get_peft_model, get_peft_model_state_dict
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.training import peft_layout
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_path, dtype=torch.float32)
+    base_names = {name for name, _ in model.named_parameters()}
+    peft_model = get_peft_model(model, targets.peft_lora_config(model, _auto(_lora())))
+    peft_names = {
+        peft_layout.model_name(n) for n, _ in peft_model.named_parameters() if not peft_layout.is_lora_name(n)
+    }
+    assert peft_names == base_names
+    saved = set(get_peft_model_state_dict(peft_model))
+    lora_modules = {n for n, m in peft_model.named_modules() if peft_layout.lora_shape(m) is not None}
+    assert saved == {key for name in lora_modules for key in peft_layout.lora_keys(name)}
+    assert {peft_layout.module_of_key(k) for k in saved} == {n.removeprefix(peft_layout.PREFIX) for n in lora_modules}
+    experts = peft_layout.expert_loras(peft_model)
+    assert sorted(lora.tensor for lora in experts) == sorted(
+        f"model.layers.{i}.experts.{p}" for i in range(6) for p in ("gate_up_proj", "down_proj")
+    )
+    assert peft_layout.config_targets(peft_model) == (targets.GEMMA_LANGUAGE_MODEL_LINEARS, sorted(EXPERTS))
+    adapted = peft_layout.adapted_tensors(peft_model)
+    assert len(adapted) == 6 * 9 and not any(adapted.values())  # 7 linears + 2 expert tensors a layer; B starts at 0

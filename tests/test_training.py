@@ -3,11 +3,17 @@
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, ssd
+
 from pipeline import models
 from pipeline.recipe import Recipe
-from pipeline.training.stage import TrainingDataError, build_examples, check_labels, make_trainer
+from pipeline.training.trl import (
+    TrainingDataError,
+    build_examples,
+    check_labels,
+    last_complete_checkpoint,
+    make_trainer,
+)
 
 EOS, BOS = 1, 2
 
@@ -63,8 +69,8 @@ def test_trl_labels_keep_the_terminator_only_where_the_model_stopped(tmp_path):
     trainer, _ = make_trainer(recipe, path, examples, tmp_path)
     stopped, cut = trainer.train_dataset["labels"]
     assert stopped[: len(prompt)] == [-100] * len(prompt)
-    assert stopped[len(prompt):] == body + [tok.eos_token_id]
-    assert cut[len(prompt):] == body and tok.eos_token_id not in cut
+    assert stopped[len(prompt) :] == body + [tok.eos_token_id]
+    assert cut[len(prompt) :] == body and tok.eos_token_id not in cut
     assert trainer.train_dataset["input_ids"][1] == prompt + body  # TRL appended nothing
 
 
@@ -115,8 +121,18 @@ def test_killed_training_resumes_to_the_uninterrupted_adapter(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     killed = _seed_run(tmp_path / "killed", *TRAIN)
-    cmd = [sys.executable, "-m", "pipeline.cli", "train", "recipes/tiny.yaml", f"runs_dir={tmp_path / 'killed'}", *TRAIN]
-    child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "train",
+        "recipes/tiny.yaml",
+        f"runs_dir={tmp_path / 'killed'}",
+        *TRAIN,
+    ]
+    child = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     marker = killed / "train" / "checkpoint-2" / "trainer_state.json"
     deadline = time.time() + 600
     while not marker.exists() and time.time() < deadline and child.poll() is None:
@@ -181,7 +197,9 @@ def _stopped_and_cut_labels(tok, tmp_path, terminator: str):
 
     end = generation.end_of_turn_ids(tok)
     assert end == [tok.convert_tokens_to_ids(terminator)] == [106]
-    _, prompt = generation.render(tok, {"id": "x", "prompt": "Write add(a, b)."}, chat=True, system_prompt=None, enable_thinking=False)
+    _, prompt = generation.render(
+        tok, {"id": "x", "prompt": "Write add(a, b)."}, chat=True, system_prompt=None, enable_thinking=False
+    )
     body = tok("```python\ndef add(a, b):\n    return a + b\n```", add_special_tokens=False).input_ids
     rows = [_row(prompt, body + end, "stop"), _row(prompt, body, "length")]
     examples, _ = build_examples(rows, max_length=256)
@@ -189,9 +207,9 @@ def _stopped_and_cut_labels(tok, tmp_path, terminator: str):
     trainer, _ = make_trainer(recipe, models.resolve("random:gemma4-tiny"), examples, tmp_path / "trl")
     stopped, cut = trainer.train_dataset["labels"]
     assert stopped[: len(prompt)] == [-100] * len(prompt)
-    assert stopped[len(prompt):] == body + [106]  # the terminator is a trained label
+    assert stopped[len(prompt) :] == body + [106]  # the terminator is a trained label
     assert tok.decode(stopped[-1:]) == terminator
-    assert cut[len(prompt):] == body and 106 not in cut and tok.eos_token_id not in cut  # nothing appended
+    assert cut[len(prompt) :] == body and 106 not in cut and tok.eos_token_id not in cut  # nothing appended
 
 
 @pytest.mark.slow
@@ -213,7 +231,7 @@ def test_chat_sampling_stops_on_the_end_of_turn_token(tmp_path):
     config may list only <eos>); raw prompts keep their stop strings only."""
     import io
 
-    from pipeline.sampling.stage import _requests
+    from pipeline.stages.sample import _requests
 
     tok = _gemma4_tokenizer(tmp_path)
 
@@ -234,8 +252,6 @@ def test_a_checkpoint_cut_short_by_a_kill_is_set_aside(tmp_path):
     last): the resume must use the checkpoint before it, and keep the broken one aside."""
     import json
 
-    from pipeline.training.stage import last_complete_checkpoint
-
     for step, state in ((2, json.dumps({"global_step": 2})), (4, None), (6, '{"global_st')):
         ckpt = tmp_path / f"checkpoint-{step}"
         ckpt.mkdir()
@@ -243,7 +259,14 @@ def test_a_checkpoint_cut_short_by_a_kill_is_set_aside(tmp_path):
         if state is not None:
             (ckpt / "trainer_state.json").write_text(state)
     assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
-    names = sorted(p.name for p in tmp_path.iterdir())
-    assert names[0] == "checkpoint-2" and len(names) == 3
-    assert all(n.startswith(("incomplete-checkpoint-4-", "incomplete-checkpoint-6-")) for n in names[1:])
+    # out of the Trainer's sight: its checkpoint rotation deletes anything named checkpoint-<N>*
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-2", "incomplete"]
+    aside = sorted(p.name for p in (tmp_path / "incomplete").iterdir())
+    assert (
+        len(aside) == 2
+        and aside[0].startswith("checkpoint-4.incomplete-")
+        and aside[1].startswith("checkpoint-6.incomplete-")
+    )
+    assert (tmp_path / "incomplete" / aside[0] / "adapter_model.safetensors").read_bytes() == b"x"  # kept, not deleted
+    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")  # and a rerun finds the same
     assert last_complete_checkpoint(tmp_path / "none") is None

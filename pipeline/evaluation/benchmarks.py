@@ -30,12 +30,16 @@ import json
 import logging
 import re
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
+from typing import Any
 
-from pipeline.evaluation import extract, lcb_checker
+from pipeline.evaluation import extract
 from pipeline.evaluation.lcb_decode import LCBDecodeError, check_tests, decode_private_tests
+from pipeline.evaluation.sandbox import lcb_checker
 from pipeline.prompts import mbpp_prompt
+from pipeline.recipe import Recipe
 from pipeline.runs import iter_jsonl
 
 log = logging.getLogger(__name__)
@@ -106,10 +110,18 @@ def load_mbpp(path: str | Path = MBPP_TEST_FILE, limit: int | None = None) -> li
     """MBPP's test tasks (ids 11-510) from a JSONL file of original MBPP records."""
     path = Path(path)
     if not path.is_file():
-        raise BenchmarkError(f"{path}: MBPP test file not found (build it: python data/build.py ../shared/data/mbpp.jsonl)")
+        raise BenchmarkError(
+            f"{path}: MBPP test file not found (build it: python data/build.py ../shared/data/mbpp.jsonl)"
+        )
     problems = []
     for where, task in iter_jsonl(path, BenchmarkError):
-        for field, kind in (("task_id", int), ("text", str), ("code", str), ("test_setup_code", str), ("test_list", list)):
+        for field, kind in (
+            ("task_id", int),
+            ("text", str),
+            ("code", str),
+            ("test_setup_code", str),
+            ("test_list", list),
+        ):
             if not isinstance(task.get(field), kind):
                 raise BenchmarkError(f"{where}: field {field!r} missing or not a {kind.__name__}")
         if task["task_id"] not in MBPP_TEST_IDS:
@@ -220,7 +232,9 @@ def _lcb_problem(where: str, record: dict) -> dict:
     kind = "functional" if func_name else "stdin"  # LiveCodeBench's rule: fn_name decides
     if any(t["testtype"] != kind for t in public + private):
         log.warning("%s: problem %s is %s (metadata) but some tests say otherwise", where, qid, kind)
-    tests = [{"input": t["input"], "output": t["output"], "public": i < len(public)} for i, t in enumerate(public + private)]
+    tests = [
+        {"input": t["input"], "output": t["output"], "public": i < len(public)} for i, t in enumerate(public + private)
+    ]
     if not tests:
         raise BenchmarkError(f"{where}: problem {qid} has no test cases")
     if kind == "functional":  # checked here: a bad case would otherwise fail every solution silently
@@ -240,7 +254,11 @@ def _lcb_problem(where: str, record: dict) -> dict:
         "prompt": template.format(question=record["question_content"], starter_code=record["starter_code"]),
         "func_name": func_name,
         "tests": tests,
-        **{field: record[field] for field in LCB_FIELDS if field not in ("public_test_cases", "private_test_cases", "metadata")},
+        **{
+            field: record[field]
+            for field in LCB_FIELDS
+            if field not in ("public_test_cases", "private_test_cases", "metadata")
+        },
     }
 
 
@@ -303,7 +321,9 @@ def load_livecodebench(
             continue
         problem = _lcb_problem(where, record)
         if problem["task_id"] in seen:
-            raise BenchmarkError(f"{where}: duplicate question_id {problem['task_id']!r} (first at {seen[problem['task_id']]})")
+            raise BenchmarkError(
+                f"{where}: duplicate question_id {problem['task_id']!r} (first at {seen[problem['task_id']]})"
+            )
         seen[problem["task_id"]] = where
         problems.append(problem)
         if limit and len(problems) >= limit:
@@ -354,3 +374,43 @@ def wall_timeout(problem: dict, timeout_s: float) -> float:
     if problem["kind"] == "function":
         return timeout_s
     return (timeout_s + 1) * len(problem["tests"]) + 5
+
+
+# --- a benchmark as a recipe evaluates it ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """A benchmark as the recipe evaluates it: the target on the T_eval grid, guards possibly
+    on fewer temperatures, samples or problems (``guard_*``)."""
+
+    name: str
+    problems: list[dict]
+    temperatures: list[float]
+    n: int
+    limit: int | None
+
+
+def load_benchmark(recipe: Recipe, name: str) -> Benchmark:
+    """``name`` as the recipe evaluates it (the eval stage runs it; the leakage check reads its problems)."""
+    cfg = recipe.evaluation
+    if name == cfg.benchmarks[0]:
+        temperatures, n, limit = cfg.temperatures, cfg.n, cfg.limit
+    else:
+        temperatures = cfg.guard_temperatures or cfg.temperatures
+        n, limit = cfg.guard_n or cfg.n, cfg.guard_limit or cfg.limit
+    options: dict[str, Any] = {}
+    if name == "mbpp":
+        options["path"] = cfg.mbpp_path
+    elif name == "livecodebench":
+        lcb = cfg.livecodebench
+        options = {
+            "source": lcb.path,
+            "release": lcb.release,
+            "start_date": lcb.start_date,
+            "end_date": lcb.end_date,
+            "platforms": lcb.platforms,
+            "difficulties": lcb.difficulties,
+        }
+    problems = load(name, limit=limit, **options)
+    return Benchmark(name, problems, list(dict.fromkeys(temperatures)), n, limit)

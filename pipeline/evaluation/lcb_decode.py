@@ -76,7 +76,9 @@ def _inflate(data: bytes, problem_id: str, max_bytes: int) -> bytes:
 def check_tests(tests: object, problem_id: str, field: str) -> list[dict]:
     """A list of ``{"input": str, "output": str, "testtype": "stdin"|"functional"}``."""
     if not isinstance(tests, list):
-        raise LCBDecodeError(f"problem {problem_id}: {field}: expected a list of test cases, got {type(tests).__name__}")
+        raise LCBDecodeError(
+            f"problem {problem_id}: {field}: expected a list of test cases, got {type(tests).__name__}"
+        )
     for i, test in enumerate(tests):
         where = f"problem {problem_id}: {field}[{i}]"
         if not isinstance(test, dict):
@@ -85,7 +87,9 @@ def check_tests(tests: object, problem_id: str, field: str) -> list[dict]:
             if not isinstance(test.get(key), str):
                 raise LCBDecodeError(f"{where}: field {key!r} must be a string")
         if test.get("testtype") not in ("stdin", "functional"):
-            raise LCBDecodeError(f"{where}: field 'testtype' must be 'stdin' or 'functional', got {test.get('testtype')!r}")
+            raise LCBDecodeError(
+                f"{where}: field 'testtype' must be 'stdin' or 'functional', got {test.get('testtype')!r}"
+            )
     return tests
 
 
@@ -95,7 +99,9 @@ def decode_private_tests(encoded: str, problem_id: str, max_bytes: int = MAX_DEC
     Like LiveCodeBench's loader, a field that is already a JSON list is read as JSON.
     """
     if not isinstance(encoded, str):
-        raise LCBDecodeError(f"problem {problem_id}: private_test_cases: expected a string, got {type(encoded).__name__}")
+        raise LCBDecodeError(
+            f"problem {problem_id}: private_test_cases: expected a string, got {type(encoded).__name__}"
+        )
     if encoded.lstrip().startswith("["):
         try:
             return check_tests(json.loads(encoded), problem_id, "private_test_cases")
@@ -112,7 +118,9 @@ def decode_private_tests(encoded: str, problem_id: str, max_bytes: int = MAX_DEC
     try:
         tests = json.loads(value)
     except json.JSONDecodeError as exc:
-        raise LCBDecodeError(f"problem {problem_id}: private_test_cases: pickled text is not JSON ({exc.msg})") from None
+        raise LCBDecodeError(
+            f"problem {problem_id}: private_test_cases: pickled text is not JSON ({exc.msg})"
+        ) from None
     return check_tests(tests, problem_id, "private_test_cases")
 
 

@@ -16,6 +16,8 @@ import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from tqdm import tqdm
+
 from pipeline import runs
 from pipeline.evaluation import benchmarks
 from pipeline.evaluation.extract import STYLES
@@ -112,13 +114,14 @@ def score_samples(
         raise ValueError(f"score: samples for tasks that are not among the problems: {unknown[:5]}")
     if style == "base" and sum("```" in r["completion"] for r in rows) > len(rows) / 2:
         log.warning("score: most completions hold ``` code fences but style is 'base'; chat answers need style='chat'")
-    verdicts = execute_many(
-        _Programs(rows, by_id, style, timeout_s),
-        timeout_s=[benchmarks.wall_timeout(by_id[r["task_id"]], timeout_s) for r in rows],
-        workers=workers,
-        module_name=benchmarks.MODULE_NAME,
-        desc=desc,
-    )
+    with tqdm(total=len(rows), desc=desc, unit="prog", disable=len(rows) < 8) as bar:
+        verdicts = execute_many(
+            _Programs(rows, by_id, style, timeout_s),
+            timeout_s=[benchmarks.wall_timeout(by_id[r["task_id"]], timeout_s) for r in rows],
+            workers=workers,
+            module_name=benchmarks.MODULE_NAME,
+            on_done=lambda: bar.update(1),
+        )
     scored = []
     for row, verdict in zip(rows, verdicts, strict=True):
         problem = by_id[row["task_id"]]
@@ -155,7 +158,9 @@ def score_file(
         attempted = {r["task_id"] for r in rows}
         missing = [p["task_id"] for p in problems if p["task_id"] not in attempted]
         if missing:
-            raise SamplesError(f"{samples_path}: no samples for {len(missing)} of {len(problems)} problems, e.g. {missing[:5]}")
+            raise SamplesError(
+                f"{samples_path}: no samples for {len(missing)} of {len(problems)} problems, e.g. {missing[:5]}"
+            )
     scored, pass_at = score_samples(problems, rows, style=style, ks=ks, workers=workers, timeout_s=timeout_s)
     runs.atomic_write_jsonl(Path(out_path), scored)
     log.info("score: %s: %s (%d samples) -> %s", samples_path, pass_at, len(scored), out_path)

@@ -16,7 +16,7 @@ exploit, equally for both; report the grid with the choice.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,9 +36,6 @@ class BootstrapCI:
     seed: int
     problems: int
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class TemperatureChoice:
@@ -47,9 +44,6 @@ class TemperatureChoice:
     temperature: float
     mean: float
     means: dict[float, float]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _aligned(base: Scores, adapter: Scores) -> tuple[np.ndarray, np.ndarray]:

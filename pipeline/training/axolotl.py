@@ -80,7 +80,10 @@ def executable(name: str, venv: Path | None = None) -> Path:
 
 
 def axolotl_env() -> dict[str, str]:
-    """This process's environment for Axolotl: without AXOLOTL_DO_NOT_TRACK its telemetry upload hangs at exit offline."""
+    """This process's environment for Axolotl.
+
+    Without AXOLOTL_DO_NOT_TRACK, Axolotl's telemetry upload hangs at exit when offline.
+    """
     return {**os.environ, "AXOLOTL_DO_NOT_TRACK": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
@@ -133,12 +136,17 @@ def dataset_rows(samples: list[dict], tokenizer, max_length: int, source: str = 
             counts["retokenized_differently"] += 1
         rows.append({"segments": [{"label": False, "text": prompt_text}, {"label": True, "text": completion_text}]})
     if not rows:
-        raise AxolotlError(f"{source}: no row has a supervised token ({counts['skipped_prompt_too_long']} prompts fill max_length={max_length})")
+        raise AxolotlError(
+            f"{source}: no row has a supervised token "
+            f"({counts['skipped_prompt_too_long']} prompts fill max_length={max_length})"
+        )
     counts["rows"] = len(rows)
     if counts["retokenized_differently"]:
         log.warning(
-            "axolotl data: %d of %d rows do not tokenize back to the sampled ids; Axolotl trains on the re-tokenized ids",
-            counts["retokenized_differently"], len(rows),
+            "axolotl data: %d of %d rows do not tokenize back to the sampled ids; "
+            "Axolotl trains on the re-tokenized ids",
+            counts["retokenized_differently"],
+            len(rows),
         )
     return rows, counts
 
@@ -157,11 +165,13 @@ def write_dataset(samples_path: Path, out_path: Path, tokenizer, max_length: int
 # -------------------------------------------------------------------------------------- config
 
 
-def build_config(recipe, model_path: str, dataset_path: Path, output_dir: Path, tokenizer, *, gpu: bool | None = None) -> dict[str, Any]:
+def build_config(
+    recipe, model_path: str, dataset_path: Path, output_dir: Path, tokenizer, *, gpu: bool | None = None
+) -> dict[str, Any]:
     """Axolotl's config for the recipe's train stage, as a dict (``write_config`` adds comments).
 
     ``gpu`` (default: whether this process sees CUDA) picks bf16 and, for Gemma 4 MoE, the
-    ScatterMoE kernels; without a GPU the values are the CPU-safe ones of FACTS.md.
+    ScatterMoE kernels; without a GPU, the CPU-safe values of ``CPU_SAFE``.
     """
     import torch
 
@@ -315,11 +325,16 @@ def validate(config_path: Path, venv: Path | None = None, timeout: float = 600) 
     python = executable("python", venv)
     proc = subprocess.run(
         [str(python), "-c", _VALIDATE, str(config_path)],
-        capture_output=True, text=True, timeout=timeout, env=axolotl_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=axolotl_env(),
     )
     lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
     if proc.returncode != 0 or not lines:
-        raise AxolotlError(f"{config_path}: Axolotl's validation did not run (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        raise AxolotlError(
+            f"{config_path}: Axolotl's validation did not run (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+        )
     result = json.loads(lines[-1])
     if "error" in result:
         raise AxolotlError(f"{config_path}: Axolotl rejected the config: {result['error']}")
@@ -347,14 +362,21 @@ def train(config_path: Path, log_path: Path, venv: Path | None = None, timeout: 
     config = yaml.safe_load(config_path.read_text())
     output_dir = Path(config["output_dir"])
     if output_dir.exists() and any(output_dir.iterdir()):
-        raise AxolotlError(f"{config_path}: output_dir {output_dir} is not empty; a stale adapter there would pass for this run's")
+        raise AxolotlError(
+            f"{config_path}: output_dir {output_dir} is not empty; a stale adapter there would pass for this run's"
+        )
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [str(program), "train", str(config_path), "--launcher", "python"]
     log.info("axolotl: %s (log: %s)", " ".join(command), log_path)
     started = time.time()
     with open(log_path, "w") as out:
         proc = subprocess.Popen(
-            command, stdout=out, stderr=subprocess.STDOUT, env=axolotl_env(), cwd=config_path.parent, start_new_session=True
+            command,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=axolotl_env(),
+            cwd=config_path.parent,
+            start_new_session=True,
         )
         try:
             code = proc.wait(timeout=timeout)
@@ -364,8 +386,36 @@ def train(config_path: Path, log_path: Path, venv: Path | None = None, timeout: 
             raise AxolotlError(f"axolotl train ran past {timeout} s and was stopped; see {log_path}") from None
     tail = log_path.read_text()[-3000:]
     if code != 0:
-        raise AxolotlError(f"axolotl train exited with {code} after {time.time() - started:.0f} s; end of {log_path}:\n{tail}")
+        raise AxolotlError(
+            f"axolotl train exited with {code} after {time.time() - started:.0f} s; end of {log_path}:\n{tail}"
+        )
     if not (output_dir / "adapter_config.json").is_file():
-        raise AxolotlError(f"axolotl train finished but {output_dir} has no adapter_config.json; end of {log_path}:\n{tail}")
+        raise AxolotlError(
+            f"axolotl train finished but {output_dir} has no adapter_config.json; end of {log_path}:\n{tail}"
+        )
     log.info("axolotl: adapter in %s after %.0f s", output_dir, time.time() - started)
     return output_dir
+
+
+def train_recipe(recipe, samples: Path, work: Path, model_path: str) -> tuple[Path, dict]:
+    """The recipe's train stage through Axolotl, in ``work``: dataset, config, validation, training.
+
+    Returns ``(adapter directory, counts)``. Axolotl refuses a non-empty output directory, so
+    the output of an interrupted earlier attempt is moved aside and the run restarts cleanly.
+    """
+    import torch
+    from transformers import AutoTokenizer
+
+    from pipeline import runs
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, revision=recipe.model.revision)
+    counts = write_dataset(samples, work / DATASET_FILE, tokenizer, recipe.training.max_length)
+    output = work / "output"
+    if output.exists():
+        runs.move_aside(output, "interrupted")
+    config = build_config(recipe, model_path, work / DATASET_FILE, output, tokenizer, gpu=torch.cuda.is_available())
+    config_path = write_config(config, work / CONFIG_FILE, recipe.name)
+    validate(config_path)
+    adapter = train(config_path, work / "axolotl.log")
+    counts["config"] = str(config_path)
+    return adapter, counts

@@ -9,11 +9,12 @@ the cross-entropy run on those rows only, ``chunk`` rows at a time: the full log
 never materialised. The gradient with respect to the hidden states (and the head's weight, if
 it trains) is computed chunk by chunk in the forward pass and scaled in the backward pass.
 
-``SupervisedLossTrainer`` also groups examples of similar length into a batch
+This module is plain PyTorch: ``pipeline.training.trl`` builds the trainer that uses it
+(``training.loss_path: supervised``), which also groups examples of similar length into a batch
 (``train_sampling_strategy="group_by_length"``), so padding is small.
 
 The result is the loss TRL computes (sum of token losses over ``num_items_in_batch``): a
-start-up check compares the two on the first batch and falls back to TRL's path, with a
+start-up check there compares the two on the first batch and falls back to TRL's path, with a
 warning, for an architecture where they differ.
 """
 
@@ -79,6 +80,12 @@ class _SupervisedCrossEntropy(torch.autograd.Function):
         return gh, gw, None, None, None, None
 
 
+def supervised_cross_entropy(hidden, weight, targets, softcap: float | None, scale: float, chunk: int):
+    """``(sum of token cross-entropies, correct top-1 count)`` of ``hidden @ weight.T``, computed
+    ``chunk`` rows at a time; differentiable with respect to ``hidden`` and ``weight``."""
+    return _SupervisedCrossEntropy.apply(hidden, weight, targets, softcap, scale, chunk)
+
+
 def head_settings(causal_lm) -> tuple[float | None, float]:
     """The logit soft-cap and scale the model's own forward applies after its LM head."""
     text = causal_lm.config.get_text_config()
@@ -91,7 +98,7 @@ def head_settings(causal_lm) -> tuple[float | None, float]:
 def supervised_loss(causal_lm, inputs: dict, num_items_in_batch=None) -> tuple[torch.Tensor, int, int]:
     """(loss, supervised tokens, correct top-1) for a batch with ``labels`` (-100 = ignored).
 
-    ``causal_lm`` is the transformers model (under PEFT: ``peft_model.get_base_model()``, whose
+    ``causal_lm`` is the transformers model (under PEFT: ``peft_layout.causal_lm(model)``, whose
     layers carry the LoRA). The loss is the sum over supervised tokens divided by
     ``num_items_in_batch`` (the whole accumulated batch, as the Trainer counts it) or, without
     it, by this batch's supervised tokens.
@@ -108,55 +115,9 @@ def supervised_loss(causal_lm, inputs: dict, num_items_in_batch=None) -> tuple[t
     softcap, scale = head_settings(causal_lm)
     rows = hidden[mask]
     chunk = max(1, _CHUNK_BYTES // (4 * head.weight.shape[0]))
-    total, correct = _SupervisedCrossEntropy.apply(rows, head.weight, targets[mask], softcap, scale, chunk)
+    total, correct = supervised_cross_entropy(rows, head.weight, targets[mask], softcap, scale, chunk)
     count = int(mask.sum())
     denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)
     if isinstance(denominator, torch.Tensor):
         denominator = denominator.to(total.device)
     return total / denominator, count, int(correct)
-
-
-def make_trainer_class():
-    """``SFTTrainer`` whose loss is ``supervised_loss`` (imported lazily: TRL is heavy)."""
-    from trl import SFTTrainer
-
-    class SupervisedLossTrainer(SFTTrainer):
-        """TRL's SFTTrainer with logits computed only at supervised positions."""
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if return_outputs or not self.model.training or getattr(self, "aux_loss_enabled", False):
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            causal_lm = self.accelerator.unwrap_model(model)
-            if hasattr(causal_lm, "get_base_model"):
-                causal_lm = causal_lm.get_base_model()
-            loss, count, correct = supervised_loss(causal_lm, inputs, num_items_in_batch)
-            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
-            metrics = self._metrics["train"]
-            metrics["mean_token_accuracy"].append(correct / count if count else 0.0)
-            self._total_train_tokens += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["input_ids"].numel()
-            metrics["num_tokens"] = [self._total_train_tokens]
-            return loss
-
-    return SupervisedLossTrainer
-
-
-def agrees_with_trl(trainer, atol: float = 1e-4) -> tuple[bool, float, float]:
-    """Compare this path's loss with TRL's own on the first training batch (no gradients)."""
-    from trl import SFTTrainer
-
-    batch = next(iter(trainer.get_train_dataloader()))
-    batch = trainer._prepare_inputs(batch)
-    model = trainer.model
-    causal_lm = model.get_base_model() if hasattr(model, "get_base_model") else model
-    was_training = model.training
-    model.eval()  # no dropout: both paths see the same network
-    try:
-        with torch.no_grad():
-            ours, _, _ = supervised_loss(causal_lm, dict(batch))
-            theirs = SFTTrainer.compute_loss(trainer, model, dict(batch))
-    finally:
-        model.train(was_training)
-        trainer._metrics["eval"].clear()  # the check's metrics are not the run's
-    ours_f, theirs_f = float(ours), float(theirs)
-    return abs(ours_f - theirs_f) <= atol * max(1.0, abs(theirs_f)), ours_f, theirs_f

@@ -61,7 +61,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 
-from pipeline.training import targets
+from pipeline.training import peft_layout, targets
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +142,7 @@ class MemoryPlan:
         lines += [f"{r.name:<34}{r.bytes / GIB:>9.2f}  {r.formula}" for r in self.rows]
         verdict = "fits" if self.fits else "DOES NOT FIT"
         lines.append(f"{'peak (' + self.peak_moment + ')':<34}{self.peak_bytes / GIB:>9.2f}")
-        lines.append(
-            f"{'device':<34}{self.device_gib:>9.2f}  {verdict}: headroom {self.headroom_bytes / GIB:.2f} GiB"
-        )
+        lines.append(f"{'device':<34}{self.device_gib:>9.2f}  {verdict}: headroom {self.headroom_bytes / GIB:.2f} GiB")
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -152,7 +150,7 @@ class MemoryPlan:
         return {**asdict(self), "fits": self.fits, "headroom_bytes": self.headroom_bytes}
 
 
-def _language_model(model):
+def language_model(model):
     """The decoder stack (the module with ``embed_tokens`` and ``layers``), not a vision encoder."""
     for module in model.modules():
         if hasattr(module, "embed_tokens") and hasattr(module, "layers"):
@@ -160,20 +158,11 @@ def _language_model(model):
     raise ValueError(f"{type(model).__name__}: no decoder stack with embed_tokens and layers found")
 
 
-def _base(module):
-    """The module a PEFT wrapper wraps (itself when not wrapped)."""
-    while hasattr(module, "base_layer"):
-        module = module.base_layer
-    return module
-
-
 def layer_activations(layer, hidden: int, top_k: int, act_bytes: int, seq_len: int) -> LayerActivations:
     """Saved bytes per token of one (PEFT-wrapped) decoder layer, from its module shapes."""
-    from peft.tuners.lora import Linear as LoraLinear
-
     attn = layer.self_attn
-    q_width = _base(attn.q_proj).out_features
-    kv_width = _base(attn.k_proj).out_features
+    q_width = peft_layout.unwrap(attn.q_proj).out_features
+    kv_width = peft_layout.unwrap(attn.k_proj).out_features
     q_heads, kv_heads = q_width // attn.head_dim, kv_width // attn.head_dim
     acts = LayerActivations()
     for name, module in layer.named_modules():
@@ -185,14 +174,14 @@ def layer_activations(layer, hidden: int, top_k: int, act_bytes: int, seq_len: i
             else:
                 width, rows = hidden, 1
             acts.norms += 4 * width + 8 * rows  # fp32 input, and the mean square and its rsqrt per row
-        elif isinstance(module, LoraLinear):
-            acts.lora_inputs += act_bytes * (module.in_features + sum(module.r.values()))
+        elif (lora := peft_layout.lora_shape(module)) is not None and lora.kind == "linear":
+            acts.lora_inputs += act_bytes * (lora.in_features + lora.rank)
     # queries and output, keys and values, the float mask SDPA builds per call (L per token), logsumexp
     acts.attention = act_bytes * (2 * q_width + 2 * kv_width + seq_len) + 4 * q_heads
-    acts.dense_mlp = act_bytes * 3 * _base(layer.mlp.gate_proj).out_features
+    acts.dense_mlp = act_bytes * 3 * peft_layout.unwrap(layer.mlp.gate_proj).out_features
     experts = getattr(layer, "experts", None)
     if experts is not None:
-        core = _base(experts)
+        core = peft_layout.unwrap(experts)
         routing = 32 * top_k + 8 * top_k + act_bytes * top_k  # int64 indices, fp32 and bf16 routing weights
         acts.experts = 4 * core.num_experts + act_bytes * top_k * (2 * hidden + 4 * core.intermediate_dim) + routing
     return acts
@@ -205,18 +194,16 @@ def layer_weight_copies(layer, weight_bytes: int) -> tuple[int, int]:
     their factors) dominate; autocast's bf16 copies of the LoRA factors and the RMSNorm weights
     upcast to fp32 are the small rest.
     """
-    from peft.tuners.lora import Linear as LoraLinear
-    from peft.tuners.lora import ParamWrapper
-
     total, largest = 0, 0
     for module in layer.modules():
-        if isinstance(module, ParamWrapper):
-            size = module.get_param().numel() * weight_bytes
-            factors = sum(module.r.values()) * module.num_experts * (module.in_features + module.out_features)
+        lora = peft_layout.lora_shape(module)
+        if lora is not None and lora.kind == "parameter":
+            size = lora.parameter_numel * weight_bytes
+            factors = lora.rank * lora.experts * (lora.in_features + lora.out_features)
             total += size + factors * weight_bytes
             largest = max(largest, size)
-        elif isinstance(module, LoraLinear):
-            total += sum(module.r.values()) * (module.in_features + module.out_features) * weight_bytes
+        elif lora is not None:
+            total += lora.rank * (lora.in_features + lora.out_features) * weight_bytes
         elif type(module).__name__.endswith("RMSNorm") and getattr(module, "weight", None) is not None:
             total += 4 * module.weight.numel()
     return total, largest
@@ -248,7 +235,7 @@ def estimate(
     with torch.device("meta"):
         peft_model = get_peft_model(model, targets.peft_lora_config(config, lora_cfg))
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
-    layers = list(_language_model(peft_model).layers)
+    layers = list(language_model(peft_model).layers)
     tokens = seq_len * micro_batch_size
     hidden, vocab = text.hidden_size, text.vocab_size
     top_k = getattr(text, "top_k_experts", None) or 0
@@ -275,21 +262,37 @@ def estimate(
         saved = len(layers) * hidden * a * tokens
         rows += [
             Row("checkpointed layer inputs", saved, f"{len(layers)} layers x h {hidden} x {a} B x {tokens} tokens"),
-            Row("recomputed layer activations", one_layer, f"{per_layer[widest].per_token:,} B/token x {tokens} tokens (one layer)"),
-            Row("recomputed weight copies", one_expert, "one layer's expert W+BA, bf16 LoRA factors, fp32 norm weights"),
+            Row(
+                "recomputed layer activations",
+                one_layer,
+                f"{per_layer[widest].per_token:,} B/token x {tokens} tokens (one layer)",
+            ),
+            Row(
+                "recomputed weight copies", one_expert, "one layer's expert W+BA, bf16 LoRA factors, fp32 norm weights"
+            ),
         ]
         layer_peak_extra = one_layer + one_expert + layer_backward
     else:
         saved = acts_all + expert_all
         rows += [
             Row("layer activations", acts_all, f"sum over {len(layers)} layers of B/token x {tokens} tokens"),
-            Row("weight copies (all layers)", expert_all, f"{len(layers)} layers x (expert W+BA, bf16 LoRA factors, fp32 norm weights)"),
+            Row(
+                "weight copies (all layers)",
+                expert_all,
+                f"{len(layers)} layers x (expert W+BA, bf16 LoRA factors, fp32 norm weights)",
+            ),
         ]
         layer_peak_extra = layer_backward
     rows += [
-        Row("logits (saved)", logits_saved, f"{tokens} tokens x V {vocab:,} x ({'2 softcap + ' if softcap else ''}4 fp32 log-probs) B"),
+        Row(
+            "logits (saved)",
+            logits_saved,
+            f"{tokens} tokens x V {vocab:,} x ({'2 softcap + ' if softcap else ''}4 fp32 log-probs) B",
+        ),
         Row("logits backward buffers", logits_backward, f"{tokens} tokens x V x 2 x 4 B (fp32 grads)"),
-        Row("layer backward buffers", layer_backward, "largest expert W+BA gradient + one layer's activation gradients"),
+        Row(
+            "layer backward buffers", layer_backward, "largest expert W+BA gradient + one layer's activation gradients"
+        ),
     ]
     static = rows[0].bytes + rows[1].bytes + rows[2].bytes + rows[3].bytes
     at_logits = static + saved + logits_saved + logits_backward
@@ -307,8 +310,10 @@ def estimate(
             f"PEFT target_parameters materialise W+BA per layer ({expert[widest][0] / GIB:.2f} GiB); "
             "gradient checkpointing keeps one layer's copy instead of all"
         )
-    notes.append(f"logits are {logits_saved / tokens / vocab:.0f}+8 B per vocabulary entry per token; "
-                 "a chunked or fused cross-entropy would remove most of that line")
+    notes.append(
+        f"logits are {logits_saved / tokens / vocab:.0f}+8 B per vocabulary entry per token; "
+        "a chunked or fused cross-entropy would remove most of that line"
+    )
     plan = MemoryPlan(
         model=str(model_path),
         seq_len=seq_len,
@@ -322,7 +327,12 @@ def estimate(
         peak_moment=moment,
         notes=notes,
     )
-    log.info("plan: peak %.2f GiB of %.2f GiB (%s)", plan.peak_bytes / GIB, device_gib, "fits" if plan.fits else "does not fit")
+    log.info(
+        "plan: peak %.2f GiB of %.2f GiB (%s)",
+        plan.peak_bytes / GIB,
+        device_gib,
+        "fits" if plan.fits else "does not fit",
+    )
     return plan
 
 
@@ -357,3 +367,22 @@ def check_fits(plan: MemoryPlan) -> None:
         + "\n"
         + plan.table()
     )
+
+
+def check_device(recipe) -> dict | None:
+    """Refuse a GPU run whose plan does not fit the device: the plan's figures, or None on CPU.
+
+    The device size is ``training.device_gib`` when the recipe sets it, else the first CUDA
+    device's; without either (a CPU run) there is nothing to check.
+    """
+    import torch
+
+    device_gib = recipe.training.device_gib
+    if device_gib is None:
+        if not torch.cuda.is_available():
+            return None
+        device_gib = torch.cuda.get_device_properties(0).total_memory / GIB
+    plan = plan_recipe(recipe, device_gib=device_gib)
+    log.info("train: memory plan\n%s", plan.table())
+    check_fits(plan)
+    return {"peak_gib": round(plan.peak_bytes / GIB, 2), "device_gib": round(device_gib, 2)}

@@ -202,7 +202,9 @@ def resolve_targets(model_or_config, lora_cfg: LoraSettings) -> tuple[str | list
             "(set it to 'auto' or %s to train them)",
             GEMMA4_EXPERT_PARAMETERS,
         )
-    log.info("LoRA targets (%s preset for %s): modules=%s parameters=%s", preset.name, config.model_type, modules, parameters)
+    log.info(
+        "LoRA targets (%s preset for %s): modules=%s parameters=%s", preset.name, config.model_type, modules, parameters
+    )
     return modules, parameters
 
 
@@ -273,39 +275,12 @@ def _collapse(names: list[str]) -> dict[str, int]:
     return dict(Counter(re.sub(r"\.\d+\.", ".*.", name) for name in names))
 
 
-def inspect_peft_model(peft_model) -> tuple[list[str], list[str], list[str], dict[str, int]]:
-    """(adapted modules, adapted parameters, frozen linears, trainable count per group) of a PEFT model.
-
-    Nested ``ParamWrapper``s (two expert tensors on one module) appear as ``experts`` and
-    ``experts.base_layer``; each is reported by the parameter it adapts.
-    """
-    import torch
-    from peft.tuners.lora import LoraLayer, ParamWrapper
-
-    keys: dict[str, str] = {}  # PEFT module name -> reported name
-    modules, parameters, frozen = [], [], []
-    for name, module in peft_model.base_model.model.named_modules():
-        clean = name.replace(".base_layer", "")
-        if isinstance(module, ParamWrapper):
-            keys[name] = f"{clean}.{module.parameter_name}"
-            parameters.append(keys[name])
-        elif isinstance(module, LoraLayer):
-            keys[name] = clean
-            modules.append(clean)
-        elif isinstance(module, torch.nn.Linear) and ".lora_" not in name and not name.endswith(".base_layer"):
-            frozen.append(name)
-    per_group: Counter = Counter()
-    for name, param in peft_model.base_model.model.named_parameters():
-        if param.requires_grad:
-            owner = name.split(".lora_", 1)[0]
-            per_group[re.sub(r"\.\d+\.", ".*.", keys.get(owner, owner))] += param.numel()
-    return modules, parameters, frozen, dict(per_group)
-
-
 def list_targets(model_path: str, lora_cfg: LoraSettings, revision: str | None = None) -> TargetReport:
     """Which modules and parameters ``lora_cfg`` trains on ``model_path``, without loading weights."""
     import torch
     from peft import get_peft_model
+
+    from pipeline.training import peft_layout
 
     config = load_config(model_path, revision)
     model = build_meta_model(config)
@@ -313,7 +288,7 @@ def list_targets(model_path: str, lora_cfg: LoraSettings, revision: str | None =
     lora = peft_lora_config(config, lora_cfg)
     with torch.device("meta"):
         peft_model = get_peft_model(model, lora)
-    modules, parameters, frozen, per_group = inspect_peft_model(peft_model)
+    modules, parameters, frozen, per_group = peft_layout.inspect_peft_model(peft_model)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     return TargetReport(
         model=str(model_path),

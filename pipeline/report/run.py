@@ -11,30 +11,36 @@ open, so base and adapter entropy histograms side by side show whether that happ
 Every section degrades on its own: what a run did not record is reported as "not recorded"
 with the file that would hold it, so a partial or older run still gets a report.
 
+The uncertainty shown is the eval stage's: the paired 95% interval of the delta (same
+problems, same seeds, the recipe's ``bootstrap_resamples`` and ``bootstrap_seed``), read from
+``eval/metrics.json``. The report draws no bootstrap of its own: per-model intervals would
+carry the between-problem variance that pairing removes, and two overlapping bars would
+suggest "no difference" where the paired interval excludes 0.
+
 Plots are SVG from matplotlib's ``Figure`` API (no pyplot, so no GUI backend is ever
-loaded and nothing is shared between calls). ``report.html`` embeds them as ``data:`` URIs
-under a Content-Security-Policy that forbids any other resource, so it opens offline and
-from an e-mail attachment; ``report.md`` links the same files under ``report/``.
+loaded and nothing is shared between calls). ``report.html`` (``templates/run.html.j2``)
+embeds them as ``data:`` URIs under a Content-Security-Policy that forbids any other
+resource, so it opens offline and from an e-mail attachment; ``report.md`` links the same
+files under ``report/``.
 """
 
 from __future__ import annotations
 
-import base64
-import html
 import io
-import json
 import logging
 import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import yaml
 from matplotlib.figure import Figure
 
-from pipeline import runs
+from pipeline import artifacts, runs
+from pipeline.artifacts import Decision, EvalMetrics
+from pipeline.report.format import Table, delta, interval, num
+from pipeline.report.render import page
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +49,6 @@ MODELS = ("base", "adapter")
 COLORS = {"base": "#7a7a7a", "adapter": "#1f6fb4"}
 LOCK_MAX = 0.1  # entropy below this: a "lock" (one continuation all but certain)
 FORK_MIN = 1.0  # entropy above this: a "fork" (several continuations plausible)
-BOOTSTRAP_RESAMPLES = 2000
 PLOT_IDS = ("pass1", "grid", "difficulty", "loss", "lengths", "entropy")
 _NO_METRICS = "not recorded: eval/metrics.json is missing (the eval stage has not finished)"
 
@@ -58,18 +63,12 @@ class Section:
 
     title: str
     text: list[str] = field(default_factory=list)
-    table: list[list[str]] | None = None
+    table: Table | None = None
     plot_id: str | None = None
     svg: str | None = None
     caption: str = ""
     missing: str | None = None
-
-
-def _load_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc}); rerun the stage that writes it") from exc
+    emphasis: str | None = None  # CSS class of the first line (the decision's verdict)
 
 
 def _svg(fig: Figure) -> str:
@@ -82,10 +81,6 @@ def _figure(width: float = 7.0, height: float = 3.2) -> Figure:
     fig = Figure(figsize=(width, height), layout="constrained")
     fig.set_facecolor("white")
     return fig
-
-
-def _fmt(value: Any, spec: str = ".4f") -> str:
-    return format(value, spec) if isinstance(value, (int, float)) and not isinstance(value, bool) else "-"
 
 
 class _Rows:
@@ -116,68 +111,44 @@ class _Rows:
         return self._cache[path]
 
 
-def _bootstrap_ci(rows: list[dict], seed: int = 0) -> tuple[float, float]:
-    """95% percentile CI of pass@1 over problems (resampling problems, as the delta's CI does)."""
-    per_task: dict[str, list[bool]] = {}
-    for row in rows:
-        per_task.setdefault(row["task_id"], []).append(bool(row["passed"]))
-    scores = np.array([sum(v) / len(v) for v in per_task.values()])
-    rng = np.random.default_rng(seed)
-    means = scores[rng.integers(0, len(scores), size=(BOOTSTRAP_RESAMPLES, len(scores)))].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def _decision_section(run_dir: Path) -> Section:
     path = run_dir / "promotion.json"
     if not path.is_file():
         return Section("Decision", [f"not recorded: {path.name} is missing (the promote stage has not run)"])
-    decision = _load_json(path)
-    reasons = decision.get("reasons") or ([decision["reason"]] if decision.get("reason") else [])
-    verdict = "PROMOTED" if decision.get("promoted") else "not promoted"
-    where = f" as {decision['name']} {decision['version']}" if decision.get("promoted") and decision.get("version") else ""
-    return Section("Decision", [f"{verdict}{where}", *reasons])
+    decision = Decision.load(path)
+    verdict = "PROMOTED" if decision.promoted else "not promoted"
+    where = f" as {decision.name} {decision.version}" if decision.promoted and decision.version else ""
+    return Section(
+        "Decision",
+        [f"{verdict}{where}", *decision.reasons],
+        emphasis="promoted" if decision.promoted else "not-promoted",
+    )
 
 
-def _pass1_section(metrics: dict | None, rows: _Rows) -> Section:
+def _pass1_section(metrics: EvalMetrics | None) -> Section:
     section = Section("pass@1, base vs adapter", plot_id="pass1")
     if metrics is None:
         section.missing = _NO_METRICS
         return section
-    benches = list(metrics["benchmarks"])
-    section.table = [["benchmark", "base pass@1 (best T)", "adapter pass@1 (best T)", "delta", "95% CI", "resamples"]]
+    benches = list(metrics.benchmarks)
+    section.table = Table(
+        ["benchmark", "base pass@1 (best T)", "adapter pass@1 (best T)", "delta", "95% CI", "resamples"]
+    )
     fig = _figure(8.0, 3.2)
     left, right = fig.subplots(1, 2, width_ratios=[3, 2])
     x = np.arange(len(benches))
-    all_cis = True
     for offset, model in ((-0.2, "base"), (0.2, "adapter")):
-        values: list[float] = []
-        errors: list[list[float]] = [[], []]
-        for bench in benches:
-            best = metrics["benchmarks"][bench][f"{model}_best"]
-            sample_rows = rows.get(bench, model, best["temperature"])
-            values.append(best["pass@1"])
-            if sample_rows:
-                low, high = _bootstrap_ci(sample_rows)
-                errors[0].append(max(best["pass@1"] - low, 0.0))
-                errors[1].append(max(high - best["pass@1"], 0.0))
-            else:
-                all_cis = False
-                errors[0].append(0.0)
-                errors[1].append(0.0)
-        left.bar(x + offset, values, width=0.4, yerr=errors, capsize=4, color=COLORS[model], label=f"{model} (best T)")
+        values = [metrics.benchmarks[bench].best(model).pass_at_1 for bench in benches]
+        left.bar(x + offset, values, width=0.4, color=COLORS[model], label=f"{model} (best T)")
     left.set_xticks(x, benches)
     left.set_ylabel("pass@1")
     left.set_title("each model at its best T_eval")
     left.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.12), ncols=2)
-    deltas = [metrics["benchmarks"][b]["delta"] for b in benches]
-    values = [d["value"] for d in deltas]
+    deltas = [metrics.benchmarks[bench].delta for bench in benches]
     right.errorbar(
         x,
-        values,
-        yerr=[
-            [max(v - d["ci_low"], 0.0) for v, d in zip(values, deltas, strict=True)],
-            [max(d["ci_high"] - v, 0.0) for v, d in zip(values, deltas, strict=True)],
-        ],
+        [d.value for d in deltas],
+        yerr=[[max(d.value - d.ci_low, 0.0) for d in deltas], [max(d.ci_high - d.value, 0.0) for d in deltas]],
         fmt="o",
         color=COLORS["adapter"],
         capsize=5,
@@ -188,88 +159,95 @@ def _pass1_section(metrics: dict | None, rows: _Rows) -> Section:
     right.set_ylabel("adapter - base")
     right.set_title("delta with 95% CI")
     for bench, d in zip(benches, deltas, strict=True):
-        m = metrics["benchmarks"][bench]
-        section.table.append(
+        base, adapter = metrics.benchmarks[bench].base_best, metrics.benchmarks[bench].adapter_best
+        section.table.rows.append(
             [
-                bench + (" (target)" if bench == metrics.get("target") else ""),
-                f"{_fmt(m['base_best']['pass@1'])} (T={m['base_best']['temperature']:g})",
-                f"{_fmt(m['adapter_best']['pass@1'])} (T={m['adapter_best']['temperature']:g})",
-                _fmt(d["value"], "+.4f"),
-                f"[{_fmt(d['ci_low'], '+.4f')}, {_fmt(d['ci_high'], '+.4f')}]",
-                str(d.get("resamples", "-")),
+                bench + (" (target)" if bench == metrics.target else ""),
+                f"{num(base.pass_at_1)} (T={base.temperature:g})",
+                f"{num(adapter.pass_at_1)} (T={adapter.temperature:g})",
+                delta(d.value),
+                interval(d.ci_low, d.ci_high),
+                num(d.resamples, "d"),
             ]
         )
     section.svg = _svg(fig)
     section.caption = (
-        "Left: pass@1 of each model at its own best T_eval; error bars are 95% bootstrap intervals over problems"
-        + ("" if all_cis else " (absent where the per-sample file eval/<benchmark>/<model>-T<temp>.jsonl is missing)")
-        + ". Right: the paired delta with the eval stage's 95% CI."
+        "Left: pass@1 of each model at its own best T_eval. Right: the paired delta (adapter - base, same problems) "
+        "with the eval stage's 95% bootstrap interval; that interval, not two per-model ones, says whether the "
+        "adapter is better."
     )
     return section
 
 
-def _grid_section(metrics: dict | None) -> Section:
+def _grid_section(metrics: EvalMetrics | None) -> Section:
     section = Section("pass@1 over the T_eval grid", plot_id="grid")
     if metrics is None:
         section.missing = _NO_METRICS
         return section
-    benches = list(metrics["benchmarks"])
-    fig = _figure(3.6 * len(benches), 3.0)
-    axes = fig.subplots(1, len(benches), squeeze=False)[0]
-    header = ["benchmark", "T", "base pass@1", "adapter pass@1", "base finish", "adapter finish", "base tokens", "adapter tokens"]
-    has_pass5 = any("pass@5" in row[m] for b in benches for row in metrics["benchmarks"][b]["grid"] for m in MODELS)
-    section.table = [header + (["base pass@5", "adapter pass@5"] if has_pass5 else [])]
-    for ax, bench in zip(axes, benches, strict=True):
-        m = metrics["benchmarks"][bench]
-        grid = sorted(m["grid"], key=lambda row: row["temperature"])
-        temps = [row["temperature"] for row in grid]
+    fig = _figure(3.6 * len(metrics.benchmarks), 3.0)
+    axes = fig.subplots(1, len(metrics.benchmarks), squeeze=False)[0]
+    header = [
+        "benchmark",
+        "T",
+        "base pass@1",
+        "adapter pass@1",
+        "base finish",
+        "adapter finish",
+        "base tokens",
+        "adapter tokens",
+    ]
+    has_pass5 = any(5 in row.model(m).pass_at for b in metrics.benchmarks.values() for row in b.grid for m in MODELS)
+    section.table = Table(header + (["base pass@5", "adapter pass@5"] if has_pass5 else []))
+    for ax, (bench, m) in zip(axes, metrics.benchmarks.items(), strict=True):
+        grid = sorted(m.grid, key=lambda row: row.temperature)
+        temps = [row.temperature for row in grid]
         for model in MODELS:
-            ax.plot(temps, [row[model]["pass@1"] for row in grid], marker="o", color=COLORS[model], label=model)
-            best = m[f"{model}_best"]
-            ax.plot([best["temperature"]], [best["pass@1"]], marker="*", markersize=14, color=COLORS[model], linestyle="none")
+            ax.plot(temps, [row.model(model).pass1 for row in grid], marker="o", color=COLORS[model], label=model)
+            best = m.best(model)
+            ax.plot(
+                [best.temperature], [best.pass_at_1], marker="*", markersize=14, color=COLORS[model], linestyle="none"
+            )
         ax.set_title(bench)
         ax.set_xlabel("T_eval")
         ax.set_ylabel("pass@1")
         ax.legend(fontsize="small")
         for row in grid:
-            cells = [bench, f"{row['temperature']:g}"]
-            cells += [_fmt(row[model]["pass@1"]) for model in MODELS]
-            cells += [_fmt(row[model]["finish_rate"], ".3f") for model in MODELS]
-            cells += [_fmt(row[model]["mean_completion_tokens"], ".1f") for model in MODELS]
+            summaries = [row.model(model) for model in MODELS]
+            cells = [bench, f"{row.temperature:g}"]
+            cells += [num(s.pass1) for s in summaries]
+            cells += [num(s.finish_rate, ".3f") for s in summaries]
+            cells += [num(s.mean_completion_tokens, ".1f") for s in summaries]
             if has_pass5:
-                cells += [_fmt(row[model].get("pass@5")) for model in MODELS]
-            section.table.append(cells)
+                cells += [num(s.pass_at.get(5)) for s in summaries]
+            section.table.rows.append(cells)
     section.svg = _svg(fig)
     section.caption = "pass@1 at each evaluation temperature; a star marks each model's best T_eval."
     return section
 
 
-def _difficulty_section(metrics: dict | None) -> Section:
+def _difficulty_section(metrics: EvalMetrics | None) -> Section:
     section = Section("pass@1 per difficulty", plot_id="difficulty")
     if metrics is None:
         section.missing = _NO_METRICS
         return section
-    found: dict[str, dict[str, dict]] = {}
-    for bench, m in metrics["benchmarks"].items():
-        for model in MODELS:
-            best_t = m[f"{model}_best"]["temperature"]
-            for row in m["grid"]:
-                if math.isclose(row["temperature"], best_t) and row[model].get("per_difficulty"):
-                    found.setdefault(bench, {})[model] = row[model]["per_difficulty"]
-    found = {b: v for b, v in found.items() if len(v) == len(MODELS)}
+    found = {
+        bench: {model: m.at_best(model).per_difficulty for model in MODELS}
+        for bench, m in metrics.benchmarks.items()
+        if all(m.at_best(model).per_difficulty for model in MODELS)
+    }
     if not found:
         section.missing = "not recorded: no benchmark in eval/metrics.json has per_difficulty for both models"
         return section
     fig = _figure(3.6 * len(found), 3.0)
     axes = fig.subplots(1, len(found), squeeze=False)[0]
-    section.table = [["benchmark", "difficulty", "problems", "base pass@1", "adapter pass@1", "delta"]]
+    section.table = Table(["benchmark", "difficulty", "problems", "base pass@1", "adapter pass@1", "delta"])
     for ax, (bench, per) in zip(axes, found.items(), strict=True):
         levels = list(dict.fromkeys([*per["base"], *per["adapter"]]))
         x = np.arange(len(levels))
         for offset, model in ((-0.2, "base"), (0.2, "adapter")):
             ax.bar(
                 x + offset,
-                [per[model].get(level, {}).get("pass@1", 0.0) for level in levels],
+                [per[model][level].pass_at_1 if level in per[model] else 0.0 for level in levels],
                 width=0.4,
                 color=COLORS[model],
                 label=model,
@@ -279,16 +257,15 @@ def _difficulty_section(metrics: dict | None) -> Section:
         ax.set_ylabel("pass@1")
         ax.legend(fontsize="small")
         for level in levels:
-            b, a = per["base"].get(level, {}), per["adapter"].get(level, {})
-            delta = a["pass@1"] - b["pass@1"] if "pass@1" in a and "pass@1" in b else None
-            section.table.append(
+            b, a = per["base"].get(level), per["adapter"].get(level)
+            section.table.rows.append(
                 [
                     bench,
                     level,
-                    str(b.get("problems", a.get("problems", "-"))),
-                    _fmt(b.get("pass@1")),
-                    _fmt(a.get("pass@1")),
-                    _fmt(delta, "+.4f"),
+                    str((b or a).problems),
+                    num(b.pass_at_1 if b else None),
+                    num(a.pass_at_1 if a else None),
+                    delta(a.pass_at_1 - b.pass_at_1 if a and b else None),
                 ]
             )
     section.svg = _svg(fig)
@@ -298,10 +275,11 @@ def _difficulty_section(metrics: dict | None) -> Section:
 
 def _loss_section(run_dir: Path, recipe: dict) -> Section:
     section = Section("Training loss", plot_id="loss")
-    path = run_dir / "manifests" / "train.json"
-    losses = (_load_json(path).get("counts") or {}).get("losses") if path.is_file() else None
+    train = artifacts.load_manifest(run_dir, "train")
+    losses = train.counts.get("losses") if train else None
     if not losses:
-        section.missing = f"not recorded: {path.relative_to(run_dir)} has no counts.losses (the train stage has not finished)"
+        where = runs.manifest_path(run_dir, "train").relative_to(run_dir)
+        section.missing = f"not recorded: {where} has no counts.losses (the train stage has not finished)"
         return section
     every = (recipe.get("training") or {}).get("logging_steps") or 1
     steps = [every * (i + 1) for i in range(len(losses))]
@@ -311,7 +289,9 @@ def _loss_section(run_dir: Path, recipe: dict) -> Section:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss (completion tokens)")
     section.svg = _svg(fig)
-    section.text = [f"{len(losses)} logged steps; first {losses[0]:.4f}, last {losses[-1]:.4f}, lowest {min(losses):.4f}."]
+    section.text = [
+        f"{len(losses)} logged steps; first {losses[0]:.4f}, last {losses[-1]:.4f}, lowest {min(losses):.4f}."
+    ]
     section.caption = f"Training loss, logged every {every} optimizer step(s)."
     return section
 
@@ -346,15 +326,14 @@ def _lengths_section(run_dir: Path, recipe: dict) -> Section:
     return section
 
 
-def _entropy_section(metrics: dict | None, rows: _Rows) -> Section:
+def _entropy_section(metrics: EvalMetrics | None, rows: _Rows) -> Section:
     section = Section("Locks and forks: per-token entropy", plot_id="entropy")
     if metrics is None:
         section.missing = _NO_METRICS
         return section
-    target = metrics["target"]
+    target = metrics.target
     per_t: list[tuple[float, dict[str, np.ndarray]]] = []
-    for row in sorted(metrics["benchmarks"][target]["grid"], key=lambda r: r["temperature"]):
-        temp = row["temperature"]
+    for temp in sorted(row.temperature for row in metrics.target_metrics.grid):
         found = {}
         for model in MODELS:
             sample_rows = rows.get(target, model, temp) or []
@@ -371,14 +350,16 @@ def _entropy_section(metrics: dict | None, rows: _Rows) -> Section:
         return section
     fig = _figure(3.4 * len(per_t), 3.0)
     axes = fig.subplots(1, len(per_t), squeeze=False)[0]
-    section.table = [["T_eval", "model", "tokens", "mean entropy", f"locks (< {LOCK_MAX:g})", f"forks (> {FORK_MIN:g})"]]
+    section.table = Table(
+        ["T_eval", "model", "tokens", "mean entropy", f"locks (< {LOCK_MAX:g})", f"forks (> {FORK_MIN:g})"]
+    )
     for ax, (temp, found) in zip(axes, per_t, strict=True):
         top = max(float(v.max()) for v in found.values())
         bins = np.linspace(0.0, max(top, FORK_MIN) * 1.02, 41)
         for model in MODELS:
             values = found[model]
             ax.hist(values, bins=bins, density=True, histtype="step", linewidth=1.6, color=COLORS[model], label=model)
-            section.table.append(
+            section.table.rows.append(
                 [
                     f"{temp:g}",
                     model,
@@ -411,61 +392,12 @@ def _markdown(run_dir: Path, sections: list[Section]) -> str:
         if s.text:
             lines.append("")
         if s.table:
-            lines += ["| " + " | ".join(s.table[0]) + " |", "|" + "---|" * len(s.table[0])]
-            lines += ["| " + " | ".join(row) + " |" for row in s.table[1:]]
-            lines.append("")
+            lines += [*s.table.markdown(), ""]
         if s.plot_id and s.svg:
             lines += [f"![{s.title}]({ASSETS}/plot-{s.plot_id}.svg)", "", f"*{s.caption}*", ""]
         elif s.plot_id:
             lines += [f"*{s.missing}*", ""]
     return "\n".join(lines)
-
-
-_CSS = """
-body { font-family: system-ui, sans-serif; max-width: 60rem; margin: 2rem auto; padding: 0 1rem; color: #222; }
-table { border-collapse: collapse; margin: 0.5rem 0 1rem; font-size: 0.9rem; }
-th, td { border: 1px solid #ccc; padding: 0.25rem 0.5rem; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
-figure { margin: 0.5rem 0 1.5rem; }
-figure img { max-width: 100%; height: auto; }
-figcaption, .not-recorded { color: #555; font-size: 0.9rem; }
-.promoted { color: #1a7f37; font-weight: bold; }
-.not-promoted { color: #b35900; font-weight: bold; }
-"""
-
-
-def _html(run_dir: Path, sections: list[Section]) -> str:
-    esc = html.escape
-    title = f"SSD run report: {run_dir.name}"
-    body = [f"<h1>{esc(title)}</h1>"]
-    for s in sections:
-        body.append(f"<section><h2>{esc(s.title)}</h2>")
-        for i, t in enumerate(s.text):
-            cls = ""
-            if s.title == "Decision" and i == 0:
-                cls = ' class="promoted"' if t.startswith("PROMOTED") else ' class="not-promoted"'
-            body.append(f"<p{cls}>{esc(t)}</p>")
-        if s.table:
-            body.append("<table><thead><tr>" + "".join(f"<th>{esc(c)}</th>" for c in s.table[0]) + "</tr></thead><tbody>")
-            body += ["<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row) + "</tr>" for row in s.table[1:]]
-            body.append("</tbody></table>")
-        if s.plot_id and s.svg:
-            data = base64.b64encode(s.svg.encode()).decode()
-            body.append(
-                f'<figure class="plot" id="plot-{s.plot_id}"><img class="plot-image" alt="{esc(s.title)}" '
-                f'src="data:image/svg+xml;base64,{data}"><figcaption>{esc(s.caption)}</figcaption></figure>'
-            )
-        elif s.plot_id:
-            body.append(
-                f'<figure class="plot-missing" id="plot-{s.plot_id}"><p class="not-recorded">{esc(s.missing or "")}</p></figure>'
-            )
-        body.append("</section>")
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; style-src 'unsafe-inline'\">"
-        f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{esc(title)}</title>'
-        f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
-    )
 
 
 def write_report(run_dir: Path | str) -> tuple[Path, Path]:
@@ -476,27 +408,18 @@ def write_report(run_dir: Path | str) -> tuple[Path, Path]:
             f"{run_dir}: no such run directory; pass a directory under runs_dir (e.g. checkpoints/runs/<run-id>)"
         )
     metrics_path = run_dir / "eval" / "metrics.json"
-    metrics = _load_json(metrics_path) if metrics_path.is_file() else None
+    metrics = EvalMetrics.load(metrics_path) if metrics_path.is_file() else None
     recipe_path = run_dir / "recipe.yaml"
     recipe = (yaml.safe_load(recipe_path.read_text()) or {}) if recipe_path.is_file() else {}
     rows = _Rows(run_dir, (recipe.get("evaluation") or {}).get("base_dir"))
-    try:
-        from_metrics = [
-            _pass1_section(metrics, rows),
-            _grid_section(metrics),
-            _difficulty_section(metrics),
-            _entropy_section(metrics, rows),
-        ]
-    except (KeyError, TypeError, IndexError) as exc:
-        raise ValueError(
-            f"{metrics_path} or the per-sample files beside it: unexpected shape ({exc!r}); rerun the eval stage to rewrite them"
-        ) from exc
     sections = [
         _decision_section(run_dir),
-        *from_metrics[:3],
+        _pass1_section(metrics),
+        _grid_section(metrics),
+        _difficulty_section(metrics),
         _loss_section(run_dir, recipe),
         _lengths_section(run_dir, recipe),
-        from_metrics[3],
+        _entropy_section(metrics, rows),
     ]
     for s in sections:
         if s.svg:
@@ -505,7 +428,9 @@ def write_report(run_dir: Path | str) -> tuple[Path, Path]:
             (run_dir / ASSETS / f"plot-{s.plot_id}.svg").unlink(missing_ok=True)
     md_path, html_path = run_dir / "report.md", run_dir / "report.html"
     runs.atomic_write_text(md_path, _markdown(run_dir, sections))
-    runs.atomic_write_text(html_path, _html(run_dir, sections))
+    runs.atomic_write_text(
+        html_path, page("run.html.j2", title=f"SSD run report: {run_dir.name}", wide=False, sections=sections)
+    )
     drawn = [s.plot_id for s in sections if s.svg]
     log.info(
         "report: %s and %s (%d of %d plots; not recorded: %s)",

@@ -13,8 +13,8 @@
 - ``peft-per-expert``: PEFT stores a LoRA on fused 3D expert weights (``target_parameters``) as
   one pair of factors for all experts; servers that load only per-expert projections (vLLM's
   native MoE LoRA layout for Gemma 4 is one) need ``experts.{e}.gate_proj``/``up_proj``/
-  ``down_proj`` modules with ordinary 2D factors. Each expert's factors are read from PEFT's own
-  ``ParamWrapper.get_delta_factors`` and written out; then, for every expert and projection,
+  ``down_proj`` modules with ordinary 2D factors. Each expert's factors are read the way PEFT
+  itself reads them (``peft_layout.expert_factors``) and written out; then, for every expert and projection,
   ``B_e @ A_e * scale`` read back from the written file is compared with the delta PEFT's merge
   puts into the base weights (merged minus base), within ``PER_EXPERT_RTOL`` of that delta.
 
@@ -24,17 +24,16 @@ leaves no ``OUT``. ``export.json`` records the source version and the measured f
 
 from __future__ import annotations
 
-import argparse
+import importlib.metadata
 import json
 import logging
-import re
 import shutil
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pipeline import registry, runs
+from pipeline import runs
+from pipeline.deploy import registry
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,6 @@ FORMATS = ("peft", "merged", "peft-per-expert")
 DTYPES = ("bfloat16", "float16", "float32")
 MERGE_ATOL = 1e-3  # float32 merged vs unmerged PEFT logits: measured 7e-6 (tiny MoE), 4e-4 .. 5e-4 (Gemma 3 270M)
 PER_EXPERT_RTOL = 1e-4  # of the largest delta entry of the tensor, plus float32 rounding of W + delta
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 TOKENIZER_EXTRAS = (  # files beside the weights that servers read for prompts (copied when the base has them)
     "chat_template.jinja",
     "chat_template.json",
@@ -111,14 +109,15 @@ def export_peft(manifest: dict[str, Any], tmp: Path) -> dict[str, Any]:
     adapter = Path(manifest["path"]) / registry.ADAPTER
     shutil.copytree(adapter, tmp, dirs_exist_ok=True)
     _lineage(tmp, manifest)
-    base = registry._base(manifest)[0]
+    base = registry.base_model(manifest)[0]
     (tmp / registry.CARD).write_text(
         _card(
             manifest,
             "PEFT LoRA adapter",
             [
                 "The adapter exactly as promoted (`adapter_sha256` in manifest.json). Load it with",
-                f'`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), "<this directory>")` with BASE the '
+                '`PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(BASE), "<this directory>")` '
+                "with BASE the "
                 f"base model `{base}`,",
                 f"or serve it with vLLM: `--enable-lora --lora-modules {manifest['name']}=<this directory>`.",
             ],
@@ -153,7 +152,9 @@ def generation_config(base: str, tokenizer, revision: str | None = None):
     return config
 
 
-def export_merged(manifest: dict[str, Any], tmp: Path, *, dtype: str = "bfloat16", atol: float = MERGE_ATOL) -> dict[str, Any]:
+def export_merged(
+    manifest: dict[str, Any], tmp: Path, *, dtype: str = "bfloat16", atol: float = MERGE_ATOL
+) -> dict[str, Any]:
     import torch
 
     from pipeline import models
@@ -177,10 +178,12 @@ def export_merged(manifest: dict[str, Any], tmp: Path, *, dtype: str = "bfloat16
             manifest,
             f"merged model ({dtype})",
             [
-                f"`{manifest['name']}` {manifest['version']} merged into its base `{base}`: a plain model directory, no PEFT needed.",
+                f"`{manifest['name']}` {manifest['version']} merged into its base `{base}`: a plain "
+                "model directory, no PEFT needed.",
                 f"Verified before writing: float32 merged logits equal the PEFT model's within {atol:g} "
                 f"(measured {figures['max_logit_diff']:.3g} on {figures['prompts']} prompts); "
-                f"{figures['changed_tensors']} tensors changed, every one of the {figures['trained_tensors']} the adapter trains "
+                f"{figures['changed_tensors']} tensors changed, every one of the "
+                f"{figures['trained_tensors']} the adapter trains "
                 f"among them. Then cast to {dtype}. Stop ids (generation_config.json): {stops}.",
                 "",
                 '`AutoModelForCausalLM.from_pretrained("<this directory>")`, or vLLM: `LLM(model="<this directory>")`, '
@@ -188,7 +191,9 @@ def export_merged(manifest: dict[str, Any], tmp: Path, *, dtype: str = "bfloat16
             ],
         )
     )
-    log.info("export: merge verified (max logit diff %.3g <= %g), written as %s", figures["max_logit_diff"], atol, dtype)
+    log.info(
+        "export: merge verified (max logit diff %.3g <= %g), written as %s", figures["max_logit_diff"], atol, dtype
+    )
     return {
         "dtype": dtype,
         "stop_token_ids": stops if isinstance(stops, list) else [stops],
@@ -196,58 +201,26 @@ def export_merged(manifest: dict[str, Any], tmp: Path, *, dtype: str = "bfloat16
     }
 
 
-def expert_factors(wrapper, adapter_name: str = "default"):
-    """Per-expert ``(B, A, scale)`` of a LoRA on a fused 3D expert parameter, from PEFT itself.
-
-    ``B`` is ``(experts, out, r)`` and ``A`` ``(experts, r, in)`` such that expert ``e``'s linear
-    weight (``out x in``, as ``F.linear`` uses it) changes by ``scale * B[e] @ A[e]``. PEFT 0.21
-    keeps A expert-major (``(experts * r, in)``) but B rank-major (``(out, r * experts)``, expert
-    index fastest), so a plain reshape of B picks the wrong columns: ``get_delta_factors`` is
-    PEFT's own reading of its layout.
-    """
-    lhs, rhs, scale = wrapper.get_delta_factors(adapter_name)
-    if wrapper._did_swap_in_out_features:  # parameter stored (experts, out, in): delta = lhs @ rhs
-        return lhs, rhs, scale
-    return rhs.transpose(-2, -1), lhs.transpose(-2, -1), scale  # stored (experts, in, out): transpose
+# Transformers' fused Gemma 4 experts: ``gate_up_proj`` is ``[gate; up]`` along its output rows.
+GEMMA4_EXPERT_PROJECTIONS = {"gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)}
 
 
-def _fused_wrappers(peft_model) -> dict[str, Any]:
-    from peft.tuners.lora.layer import ParamWrapper
-
-    return {
-        name: module
-        for name, module in peft_model.named_modules()
-        if isinstance(module, ParamWrapper) and module.num_experts > 1
-    }
+def _projections(parameter: str, out_features: int) -> dict[str, slice]:
+    """The per-expert projections of a fused Gemma 4 expert tensor, as row slices of its ``(out, in)`` view."""
+    names = GEMMA4_EXPERT_PROJECTIONS[parameter]
+    rows = out_features // len(names)
+    return {name: slice(i * rows, (i + 1) * rows) for i, name in enumerate(names)}
 
 
-def _pattern_value(pattern: dict, module: str, default):
-    """PEFT's rank/alpha pattern lookup: a key matches a module name ending in it (as a regex)."""
-    for key, value in (pattern or {}).items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
+def _fused_adapter(manifest: dict[str, Any], adapter: Path, base: str, revision: str | None) -> tuple[dict, Path]:
+    """The adapter's config and safetensors file, once it is known to be a fused expert LoRA on Gemma 4."""
+    from transformers import AutoConfig
 
-
-def _scale(config: dict, module: str) -> float:
-    r = _pattern_value(config.get("rank_pattern"), module, config["r"])
-    alpha = _pattern_value(config.get("alpha_pattern"), module, config["lora_alpha"])
-    return alpha / r**0.5 if config.get("use_rslora") else alpha / r
-
-
-def export_per_expert(manifest: dict[str, Any], tmp: Path, *, rtol: float = PER_EXPERT_RTOL) -> dict[str, Any]:
-    import torch
-    from peft import PeftModel
-    from safetensors import safe_open
-    from safetensors.torch import save_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    base, revision = base_of(manifest)
-    adapter = Path(manifest["path"]) / registry.ADAPTER
     config = json.loads((adapter / "adapter_config.json").read_text())
     if not config.get("target_parameters"):
         raise ExportError(
-            f"{manifest['name']}:{manifest['version']} has no expert LoRA (adapter_config.json has no target_parameters): "
+            f"{manifest['name']}:{manifest['version']} has no expert LoRA (adapter_config.json has no "
+            "target_parameters): "
             "its modules are already ordinary 2D LoRA; export it with --format peft"
         )
     model_type = AutoConfig.from_pretrained(base, revision=revision).get_text_config().model_type
@@ -259,87 +232,128 @@ def export_per_expert(manifest: dict[str, Any], tmp: Path, *, rtol: float = PER_
     weights = adapter / "adapter_model.safetensors"
     if not weights.is_file():
         raise ExportError(f"{weights} not found: the per-expert export reads safetensors adapters")
+    return config, weights
 
+
+def _read_tensors(path: Path) -> dict[str, Any]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as fh:
+        return {key: fh.get_tensor(key) for key in fh.keys()}
+
+
+def _split_experts(loras: list, original: dict[str, Any], weights: Path) -> tuple[dict[str, Any], set[str]]:
+    """The adapter's tensors with each fused expert LoRA replaced by 2D factors per expert and
+    projection, and the fused keys that were replaced. ``original`` is the saved adapter."""
+    from pipeline.training import peft_layout
+
+    dtype = next(iter(original.values())).dtype
+    tensors, fused_keys = {}, set()
+    for lora in loras:
+        if lora.parameter not in GEMMA4_EXPERT_PROJECTIONS:
+            raise ExportError(
+                f"{weights.parent}: LoRA on {lora.tensor}; the per-expert layout knows gate_up_proj and down_proj"
+            )
+        fused_keys |= set(peft_layout.lora_keys(lora.peft_module))
+        b, a, _ = peft_layout.expert_factors(lora.wrapper)
+        b, a = b.detach().to(dtype), a.detach().to(dtype)
+        for e in range(lora.experts):
+            for proj, rows in _projections(lora.parameter, b.shape[1]).items():
+                key_a, key_b = peft_layout.lora_keys(peft_layout.peft_name(f"{lora.module}.{e}.{proj}"))
+                tensors[key_a] = a[e].clone()  # gate and up share A: one copy each
+                tensors[key_b] = b[e, rows].clone()
+    missing = sorted(fused_keys - original.keys())
+    if missing:
+        raise ExportError(
+            f"{weights} lacks {', '.join(missing[:2])}: not the layout PEFT {importlib.metadata.version('peft')} writes"
+        )
+    tensors.update({key: value for key, value in original.items() if key not in fused_keys})
+    return tensors, fused_keys
+
+
+def _check_against_merge(
+    loras: list, written: dict, merged: dict, before: dict, config: dict, rtol: float
+) -> tuple[int, float, str]:
+    """Compare every written expert projection's ``B_e @ A_e * scale`` with the delta PEFT's merge
+    added to the base weights; ``(projections checked, largest difference, where)``.
+
+    The tolerance per fused tensor is ``rtol`` of its largest delta entry plus the float32
+    rounding of ``W + delta``. The first projection beyond it raises ``ExportError``.
+    """
+    import torch
+
+    from pipeline.training import peft_layout
+
+    eps = torch.finfo(torch.float32).eps
+    worst, worst_where, checked = 0.0, "", 0
+    for lora in loras:
+        after, start = merged[lora.tensor].detach(), before[lora.tensor]
+        delta = lora.as_linear(after - start)  # (experts, out, in), as F.linear sees each expert
+        tol = rtol * delta.abs().max().item() + 4 * eps * max(after.abs().max().item(), start.abs().max().item())
+        for e in range(lora.experts):
+            for proj, rows in _projections(lora.parameter, delta.shape[1]).items():
+                module = f"{lora.module}.{e}.{proj}"
+                key_a, key_b = peft_layout.lora_keys(peft_layout.peft_name(module))
+                update = written[key_b].float() @ written[key_a].float() * peft_layout.scaling(config, module)
+                diff = (update - delta[e, rows]).abs().max().item()
+                checked += 1
+                if diff > worst:
+                    worst, worst_where = diff, module
+                if not diff <= tol:
+                    raise ExportError(
+                        f"per-expert factors of {module} differ from PEFT's fused delta by {diff:.3g} "
+                        f"(tolerance {tol:.3g}): "
+                        "the expert layout was misread; nothing written"
+                    )
+    return checked, worst, worst_where
+
+
+def export_per_expert(manifest: dict[str, Any], tmp: Path, *, rtol: float = PER_EXPERT_RTOL) -> dict[str, Any]:
+    """Rewrite a fused expert LoRA as 2D LoRA per expert and projection, proven against PEFT's own merge."""
+    import torch
+    from peft import PeftModel
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    from pipeline.training import peft_layout
+
+    base, revision = base_of(manifest)
+    adapter = Path(manifest["path"]) / registry.ADAPTER
+    config, weights = _fused_adapter(manifest, adapter, base, revision)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, revision=revision)
     before = {name: p.detach().clone() for name, p in model.named_parameters() if ".experts." in name}
     peft_model = PeftModel.from_pretrained(model, str(adapter))
-    wrappers = _fused_wrappers(peft_model)
-    if not wrappers:
+    loras = peft_layout.expert_loras(peft_model)
+    if not loras:
         raise ExportError(f"{adapter}: PEFT found no LoRA on fused 3D expert weights in this adapter")
-    with safe_open(str(weights), framework="pt") as fh:
-        original = {key: fh.get_tensor(key) for key in fh.keys()}
-    out_dtype = next(iter(original.values())).dtype
-
-    tensors: dict[str, torch.Tensor] = {}
-    fused_keys: set[str] = set()
-    experts: dict[str, dict] = {}  # merged parameter name -> its per-expert module names and layout
-    for name, wrapper in wrappers.items():
-        path = name.removeprefix("base_model.model.").replace(".base_layer", "")
-        fused_keys |= {f"{name}.lora_A.weight", f"{name}.lora_B.weight"}
-        param = wrapper.parameter_name
-        if param not in ("gate_up_proj", "down_proj"):
-            raise ExportError(f"{adapter}: LoRA on {path}.{param}; the per-expert layout knows gate_up_proj and down_proj")
-        b, a, _ = expert_factors(wrapper)
-        b, a = b.detach().to(out_dtype), a.detach().to(out_dtype)
-        half = b.shape[1] // 2
-        parts = {"gate_proj": slice(0, half), "up_proj": slice(half, None)} if param == "gate_up_proj" else {"down_proj": slice(None)}
-        for e in range(wrapper.num_experts):
-            for proj, rows in parts.items():
-                module = f"{path}.{e}.{proj}"
-                tensors[f"base_model.model.{module}.lora_A.weight"] = a[e].clone()  # gate and up share A: one copy each
-                tensors[f"base_model.model.{module}.lora_B.weight"] = b[e, rows].clone()
-        experts[f"{path}.{param}"] = {"path": path, "parts": parts, "experts": wrapper.num_experts, "swapped": wrapper._did_swap_in_out_features}
-    missing = sorted(fused_keys - original.keys())
-    if missing:
-        raise ExportError(f"{weights} lacks {', '.join(missing[:2])}: not the layout PEFT {_peft_version()} writes")
-    for key, value in original.items():
-        if key not in fused_keys:
-            tensors[key] = value
-    modules = sorted({k.removeprefix("base_model.model.").rsplit(".lora_", 1)[0] for k in tensors})
+    original = _read_tensors(weights)
+    tensors, fused_keys = _split_experts(loras, original, weights)
+    modules = sorted({peft_layout.module_of_key(key) for key in tensors})
     new_config = dict(config, target_modules=modules, target_parameters=None)
     save_file(tensors, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
     runs.atomic_write_json(tmp / "adapter_config.json", new_config)
 
     # The proof: what was written, read back, against the delta PEFT's merge adds to the base.
     merged = dict(peft_model.merge_and_unload().named_parameters())
-    with safe_open(str(tmp / "adapter_model.safetensors"), framework="pt") as fh:
-        written = {key: fh.get_tensor(key) for key in fh.keys()}
-    copied_equal = all(torch.equal(written[k], v) for k, v in original.items() if k not in fused_keys)
-    if not copied_equal:
+    written = _read_tensors(tmp / "adapter_model.safetensors")
+    if not all(torch.equal(written[key], value) for key, value in original.items() if key not in fused_keys):
         raise ExportError(f"{adapter}: the non-expert LoRA tensors did not survive the rewrite unchanged")
-    eps = torch.finfo(torch.float32).eps
-    worst, worst_where, checked = 0.0, "", 0
-    for param_name, info in experts.items():
-        delta = merged[param_name].detach() - before[param_name]
-        bound_w = 4 * eps * max(merged[param_name].abs().max().item(), before[param_name].abs().max().item())
-        if not info["swapped"]:
-            delta = delta.transpose(-2, -1)  # (experts, out, in), as F.linear sees each expert
-        tol = rtol * delta.abs().max().item() + bound_w
-        for e in range(info["experts"]):
-            for proj, rows in info["parts"].items():
-                module = f"{info['path']}.{e}.{proj}"
-                a = written[f"base_model.model.{module}.lora_A.weight"].float()
-                b = written[f"base_model.model.{module}.lora_B.weight"].float()
-                diff = (b @ a * _scale(new_config, module) - delta[e, rows]).abs().max().item()
-                checked += 1
-                if diff > worst:
-                    worst, worst_where = diff, module
-                if not diff <= tol:
-                    raise ExportError(
-                        f"per-expert factors of {module} differ from PEFT's fused delta by {diff:.3g} (tolerance {tol:.3g}): "
-                        "the expert layout was misread; nothing written"
-                    )
-    trained = sum(1 for info in experts if (merged[info].detach() - before[info]).abs().max() > 0)
-    log.info("export: %d per-expert projections equal PEFT's fused delta, max diff %.3g (%s)", checked, worst, worst_where)
+    checked, worst, worst_where = _check_against_merge(loras, written, merged, before, new_config, rtol)
+    trained = sum(1 for lora in loras if (merged[lora.tensor].detach() - before[lora.tensor]).abs().max() > 0)
+    log.info(
+        "export: %d per-expert projections equal PEFT's fused delta, max diff %.3g (%s)", checked, worst, worst_where
+    )
     _lineage(tmp, manifest)
     (tmp / registry.CARD).write_text(
         _card(
             manifest,
             "per-expert LoRA adapter",
             [
-                "The fused expert LoRA (PEFT `target_parameters`) rewritten as ordinary 2D LoRA per expert and projection "
+                "The fused expert LoRA (PEFT `target_parameters`) rewritten as ordinary 2D LoRA per "
+                "expert and projection "
                 "(`...experts.{e}.gate_proj` / `up_proj` / `down_proj`), the other modules unchanged.",
-                f"Verified before writing: for each of the {checked} expert projections, `B_e @ A_e * scale` equals the delta "
+                f"Verified before writing: for each of the {checked} expert projections, "
+                "`B_e @ A_e * scale` equals the delta "
                 f"PEFT's merge adds to the base (max difference {worst:.3g}, tolerance {rtol:g} of the largest delta).",
                 "",
                 "vLLM: `--enable-lora --lora-modules NAME=<this directory>` (its native MoE LoRA layout for Gemma 4; "
@@ -351,19 +365,13 @@ def export_per_expert(manifest: dict[str, Any], tmp: Path, *, rtol: float = PER_
     return {
         "verification": {
             "expert_projections": checked,
-            "fused_tensors": len(experts),
+            "fused_tensors": len(loras),
             "fused_tensors_changed_by_merge": trained,
             "max_abs_diff": worst,
             "rtol": rtol,
         },
         "target_modules": len(modules),
     }
-
-
-def _peft_version() -> str:
-    import peft
-
-    return peft.__version__
 
 
 def export(
@@ -396,39 +404,3 @@ def export(
         runs.atomic_write_json(tmp / "export.json", record)
     log.info("export: %s:%s -> %s (%s)", manifest["name"], manifest["version"], out, fmt)
     return record
-
-
-def _cmd_export(args: argparse.Namespace) -> int:
-    """0 written; 2 unknown name/version or input that cannot be exported; 1 a check failed (nothing written)."""
-    from pipeline.models import MergeError
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    try:
-        record = export(args.registry_dir, args.ref, args.out, args.format, dtype=args.dtype, atol=args.atol, force=args.force)
-    except ExportError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_INVALID
-    except MergeError as exc:
-        print(f"error: {exc}; nothing written to {args.out}", file=sys.stderr)
-        return EXIT_FAILED
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    src = record["source"]
-    print(f"exported {src['name']}:{src['version']} as {record['format']} to {args.out}")
-    if "verification" in record:
-        print(json.dumps(record["verification"], indent=2))
-    return EXIT_OK
-
-
-def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("export", help="write a registry adapter as PEFT, merged model or per-expert LoRA, verified")
-    p.add_argument("ref", metavar="NAME[:VERSION]", help="registry name, optionally :VERSION (default: latest)")
-    p.add_argument("out", metavar="OUT", help="output directory (must not exist or be empty, unless --force)")
-    p.add_argument("--format", choices=FORMATS, default="peft", help="peft (default), merged, or peft-per-expert (MoE)")
-    p.add_argument("--dtype", choices=DTYPES, default="bfloat16", help="merged weights' dtype (verified in float32 first)")
-    p.add_argument("--atol", type=float, default=MERGE_ATOL, help=f"merged vs PEFT float32 logits tolerance (default {MERGE_ATOL:g})")
-    p.add_argument("--force", action="store_true", help="replace a non-empty OUT (only once the new one is complete)")
-    p.add_argument("--registry-dir", default=registry.DEFAULT_REGISTRY_DIR, help=f"default: {registry.DEFAULT_REGISTRY_DIR}")
-    p.set_defaults(func=_cmd_export)
-    return p

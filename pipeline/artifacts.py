@@ -1,0 +1,259 @@
+"""What stages write and other code reads: one pydantic model per file, and nothing else.
+
+Stages talk through files. Each file that more than one module reads has its schema here:
+writers build the model and ``save`` it (atomically), readers ``load`` it and get attributes,
+so no module reads ``metrics.json``'s or a manifest's keys by string. A file that does not
+match its schema is a ``ArtifactError`` naming the file and the field, with what to do next.
+
+- ``EvalMetrics`` (``eval/metrics.json``): per benchmark, the T_eval grid (both models'
+  summaries and the paired delta at each temperature), each model's best temperature and the
+  delta between the two bests with its confidence interval.
+- ``Decision`` (``promotion.json``): the gate's verdict, one reason line per rule.
+- ``Manifest`` (``manifests/<stage>.json``): a finished stage's key, parameters, input hashes,
+  outputs, counts, timings and versions.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
+
+from pipeline import runs
+
+Label = Literal["base", "adapter"]
+
+
+class ArtifactError(ValueError):
+    """A run file that is missing or does not match its schema; the message names it."""
+
+
+class _Artifact(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    @classmethod
+    def load(cls, path: Path | str):
+        """The file at ``path``, validated; an ``ArtifactError`` naming the file and field otherwise."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ArtifactError(f"{path}: missing; rerun the stage that writes it") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ArtifactError(f"{path}: cannot be read ({exc}); rerun the stage that writes it") from None
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+            raise ArtifactError(
+                f"{path}: field {field}: {first['msg']} ({exc.error_count()} problem(s)); rerun the stage that writes it"
+            ) from None
+
+    def save(self, path: Path | str) -> None:
+        runs.atomic_write_text(Path(path), self.model_dump_json(indent=2, by_alias=True) + "\n")
+
+
+# --- eval/metrics.json -----------------------------------------------------------------------
+
+
+class DifficultyScore(_Artifact):
+    pass_at_1: float = Field(alias="pass@1")
+    problems: int
+
+
+class ModelSummary(_Artifact):
+    """One model at one temperature on one benchmark. ``pass_at[k]`` is stored as ``pass@k``."""
+
+    pass_at: dict[int, float]
+    problems: int
+    samples: int
+    passed_samples: int
+    finish_rate: float = Field(description="share of samples that ended on a stop (not cut at max_tokens)")
+    mean_completion_tokens: float
+    per_difficulty: dict[str, DifficultyScore] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _collect_pass_at(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "pass_at" not in data:
+            data = dict(data)
+            data["pass_at"] = {int(key[len("pass@") :]): data.pop(key) for key in list(data) if key.startswith("pass@")}
+        return data
+
+    @model_serializer(mode="wrap")
+    def _flatten_pass_at(self, handler) -> dict[str, Any]:
+        out = handler(self)
+        pass_at = out.pop("pass_at")
+        if out.get("per_difficulty") is None:
+            out.pop("per_difficulty", None)
+        return {**{f"pass@{k}": v for k, v in sorted(pass_at.items())}, **out}
+
+    @property
+    def pass1(self) -> float:
+        return self.pass_at[1]
+
+
+class Delta(_Artifact):
+    """Mean paired difference adapter - base over problems, with its 95% interval."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    resamples: int | None = None
+    seed: int | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_bootstrap(self, handler) -> dict[str, Any]:
+        """A grid row's delta has no ``resamples``/``seed`` (only the best-vs-best one records
+        them): left out of the file, as the eval stage always wrote it, not written as null."""
+        out = handler(self)
+        return {key: value for key, value in out.items() if value is not None or key not in ("resamples", "seed")}
+
+
+class GridRow(_Artifact):
+    temperature: float
+    base: ModelSummary
+    adapter: ModelSummary
+    delta: Delta
+
+    def model(self, label: Label) -> ModelSummary:
+        return self.base if label == "base" else self.adapter
+
+
+class Best(_Artifact):
+    """A model's best temperature on a benchmark and its pass@1 there."""
+
+    temperature: float
+    pass_at_1: float = Field(alias="pass@1")
+
+
+class BenchmarkMetrics(_Artifact):
+    grid: list[GridRow]
+    base_best: Best
+    adapter_best: Best
+    delta: Delta
+    identical_completions: int
+
+    def best(self, label: Label) -> Best:
+        return self.base_best if label == "base" else self.adapter_best
+
+    def row_at(self, temperature: float) -> GridRow:
+        """The grid row at ``temperature``: the one place that matches a temperature."""
+        for row in self.grid:
+            if math.isclose(row.temperature, temperature, abs_tol=1e-9):
+                return row
+        have = ", ".join(f"{row.temperature:g}" for row in self.grid) or "none"
+        raise ArtifactError(f"no grid row at T_eval {temperature:g} (grid: {have}); rerun the eval stage")
+
+    def at_best(self, label: Label) -> ModelSummary:
+        """``label``'s summary at its own best temperature."""
+        return self.row_at(self.best(label).temperature).model(label)
+
+
+class EvalMetrics(_Artifact):
+    target: str
+    adapter_serving: str
+    merge_check: dict[str, Any] | None = None
+    benchmarks: dict[str, BenchmarkMetrics]
+
+    @model_validator(mode="after")
+    def _target_evaluated(self) -> EvalMetrics:
+        if self.target not in self.benchmarks:
+            raise ValueError(f"target {self.target!r} is not among the benchmarks ({', '.join(self.benchmarks)})")
+        for name, bench in self.benchmarks.items():
+            for label in ("base", "adapter"):
+                try:
+                    bench.row_at(bench.best(label).temperature)
+                except ArtifactError as exc:
+                    raise ValueError(f"benchmarks.{name}.{label}_best: {exc}") from None
+        return self
+
+    @property
+    def target_metrics(self) -> BenchmarkMetrics:
+        return self.benchmarks[self.target]
+
+
+# --- promotion.json --------------------------------------------------------------------------
+
+
+class Decision(_Artifact):
+    """The gate's verdict: promoted only if every rule passed; one reason line per rule."""
+
+    promoted: bool
+    reasons: list[str]
+    name: str | None = None
+    version: str | None = None
+
+
+# --- manifests/<stage>.json ------------------------------------------------------------------
+
+
+class Manifest(_Artifact):
+    """A finished stage: what decides its reuse (``key``) and what it did."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    stage: str
+    status: Literal["complete"] = "complete"
+    key: str
+    params: dict[str, Any]
+    inputs: dict[str, str]
+    outputs: dict[str, Any]
+    counts: dict[str, Any]
+    started_at: str
+    wall_s: float
+    versions: dict[str, str]
+    shared_from: str | None = Field(None, description="the run whose finished stage this one reuses")
+    metrics: EvalMetrics | None = Field(None, description="eval stage: the metrics it wrote")
+    decision: Decision | None = Field(None, description="promote stage: the gate's verdict")
+    model_path: str | None = Field(None, description="train stage: the base model trained on")
+    memory_plan: dict[str, Any] | None = Field(None, description="train stage: the memory estimate it checked")
+    backend: str | None = Field(None, description="train stage: trl or axolotl")
+
+    def save(self, path: Path | str) -> None:
+        runs.atomic_write_text(Path(path), self.model_dump_json(indent=2, by_alias=True, exclude_none=True) + "\n")
+
+
+def load_manifest(run_dir: Path, stage: str) -> Manifest | None:
+    """The stage's manifest in ``run_dir``, or None when it has not finished there."""
+    path = runs.manifest_path(run_dir, stage)
+    return Manifest.load(path) if path.is_file() else None
+
+
+def reusable(run_dir: Path, stage: str, key: str) -> Manifest | None:
+    """The stage's manifest when it finished with this exact key, else None."""
+    manifest = load_manifest(run_dir, stage)
+    return manifest if manifest is not None and manifest.key == key else None
+
+
+def write_manifest(
+    run_dir: Path,
+    stage: str,
+    *,
+    key: str,
+    params: dict,
+    inputs: dict[str, str],
+    outputs: dict[str, Any],
+    counts: dict[str, Any],
+    started: float,
+    **extra: Any,
+) -> Manifest:
+    """Record a finished stage (the last thing it writes: a stage without one is not finished)."""
+    manifest = Manifest(
+        stage=stage,
+        key=key,
+        params=params,
+        inputs=inputs,
+        outputs=outputs,
+        counts=counts,
+        started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        wall_s=round(time.time() - started, 2),
+        versions=runs.versions(),
+        **extra,
+    )
+    manifest.save(runs.manifest_path(run_dir, stage))
+    return manifest

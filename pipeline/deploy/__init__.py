@@ -1,0 +1,1 @@
+"""Deployment: the adapter registry, export formats and vLLM serving (no argparse, no print)."""

@@ -1,0 +1,62 @@
+"""Promote stage: the adapter enters the registry only if the gate passes.
+
+The gate (``pipeline/gate.py``) reads ``eval/metrics.json`` and the recipe's thresholds; its
+decision and every reason are written to ``promotion.json`` in the run either way. A promoted
+adapter becomes the next version in ``<registry_dir>/<name>/`` (``pipeline/deploy/registry.py``:
+built in a temporary directory and renamed under a lock; ``latest`` moves atomically).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from pipeline import artifacts, gate, runs
+from pipeline.deploy import registry
+from pipeline.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+STAGE = "promote"
+
+
+def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
+    started = time.time()
+    metrics_file = run_dir / "eval" / "metrics.json"
+    params = recipe.promotion.model_dump()
+    key, inputs = runs.stage_key(params, {"metrics": metrics_file, "adapter": run_dir / "adapter"})
+    if manifest := artifacts.reusable(run_dir, STAGE, key):
+        log.info("promote: reusing decision in %s", run_dir / "promotion.json")
+        return manifest
+
+    metrics = artifacts.EvalMetrics.load(metrics_file)
+    name = recipe.promotion.name or recipe.name
+    decision = gate.decide(metrics, recipe.promotion).model_copy(update={"name": name})
+    if decision.promoted:
+        lineage = {
+            "base_model": recipe.model.model_dump(),
+            "recipe": recipe.model_dump(mode="json"),
+            "samples_sha256": runs.hash_file(run_dir / "samples.jsonl"),
+            "metrics": metrics.model_dump(mode="json", by_alias=True),
+            "decision": decision.model_dump(include={"promoted", "reasons"}),
+            "run_id": run_dir.name,
+            "run_dir": str(run_dir.resolve()),
+        }
+        version = registry.promote(recipe.registry_dir, name, run_dir / "adapter", lineage)
+        decision = decision.model_copy(update={"version": version})
+    decision.save(run_dir / "promotion.json")
+    for reason in decision.reasons:
+        log.info("promote: %s", reason)
+    log.info("promote: %s", f"PROMOTED as {name}:{decision.version}" if decision.promoted else "not promoted")
+    return artifacts.write_manifest(
+        run_dir,
+        STAGE,
+        key=key,
+        params=params,
+        inputs=inputs,
+        outputs={"promotion.json": runs.hash_file(run_dir / "promotion.json")},
+        counts={},
+        started=started,
+        decision=decision,
+    )
