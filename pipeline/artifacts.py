@@ -50,7 +50,8 @@ class _Artifact(BaseModel):
             first = exc.errors()[0]
             field = ".".join(str(part) for part in first["loc"]) or "(top level)"
             raise ArtifactError(
-                f"{path}: field {field}: {first['msg']} ({exc.error_count()} problem(s)); rerun the stage that writes it"
+                f"{path}: field {field}: {first['msg']} ({exc.error_count()} problem(s)); "
+                "rerun the stage that writes it"
             ) from None
 
     def save(self, path: Path | str) -> None:

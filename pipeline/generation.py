@@ -180,7 +180,7 @@ def stream(llm, prompts: list, params: list, lora_request=None):
 
     engine = llm.llm_engine
     index = {}
-    for i, (prompt, param) in enumerate(zip(prompts, params)):
+    for i, (prompt, param) in enumerate(zip(prompts, params, strict=False)):
         # As LLM.generate does: one output per request with all n samples. vLLM's default
         # (CUMULATIVE) streams each of the n child sequences separately, and the one marked
         # finished carries only the last child's completion.
@@ -194,7 +194,9 @@ def stream(llm, prompts: list, params: list, lora_request=None):
                 yield index[out.request_id], out
 
 
-def render(tokenizer, row: dict, *, chat: bool, system_prompt: str | None, enable_thinking: bool) -> tuple[str, list[int]]:
+def render(
+    tokenizer, row: dict, *, chat: bool, system_prompt: str | None, enable_thinking: bool
+) -> tuple[str, list[int]]:
     """The exact text the model sees for a prompt row, and its token ids.
 
     Raw prompts are tokenized as vLLM would (special tokens added: Gemma's ``<bos>``). Chat
@@ -210,5 +212,7 @@ def render(tokenizer, row: dict, *, chat: bool, system_prompt: str | None, enabl
     messages = row.get("messages") or [{"role": "user", "content": row["prompt"]}]
     if system_prompt and messages[0]["role"] != "system":
         messages = [{"role": "system", "content": system_prompt}, *messages]
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking)
+    text = tokenizer.apply_chat_template(
+        messages, tokenize=False, add_generation_prompt=True, enable_thinking=enable_thinking
+    )
     return text, list(tokenizer(text, add_special_tokens=False).input_ids)

@@ -558,7 +558,7 @@ def reference_markdown() -> str:
     """The recipe reference as a Markdown table, one row per key, rendered from the schema.
 
     README.md's "Recipe reference" holds this text between its ``recipe-reference`` markers
-    (``tests/test_readme.py`` fails when it is stale; ``tools/recipe_reference.py`` rewrites it),
+    (``tests/unit/test_readme.py`` fails when it is stale; ``tools/recipe_reference.py`` rewrites it),
     so a field's description, default and range are written once, here.
     """
     rows = ["| key | default | values | meaning |", "|---|---|---|---|"]

@@ -16,9 +16,10 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,9 @@ def read_log(path: Path) -> list[dict]:
     data = path.read_bytes()
     end = data.rfind(b"\n") + 1
     if end < len(data):
-        log.warning("%s: dropping a half-written last line (%d bytes) left by an interrupted run", path, len(data) - end)
+        log.warning(
+            "%s: dropping a half-written last line (%d bytes) left by an interrupted run", path, len(data) - end
+        )
         with open(path, "r+b") as fh:
             fh.truncate(end)
     return read_jsonl(path)
@@ -153,7 +156,9 @@ def append_rows(fh: IO[str], rows: list[dict]) -> None:
     fh.flush()
 
 
-def complete_ids(rows: list[dict], n: int, id_field: str, skipped: Callable[[dict], bool] = lambda row: False) -> set[str]:
+def complete_ids(
+    rows: list[dict], n: int, id_field: str, skipped: Callable[[dict], bool] = lambda row: False
+) -> set[str]:
     """Items with all ``n`` samples in the log (or recorded as skipped). A kill can cut a large
     write short: such an item counts as not done and is redone (``last_copies`` keeps the redo)."""
     samples: dict[str, set] = {}

@@ -70,7 +70,9 @@ class RegistryError(Exception):
 
 def _check_name(name: str) -> None:
     if not _NAME.match(name or ""):
-        raise RegistryError(f"registry name {name!r} is invalid: use letters, digits, '.', '_' or '-' (like a recipe name)")
+        raise RegistryError(
+            f"registry name {name!r} is invalid: use letters, digits, '.', '_' or '-' (like a recipe name)"
+        )
 
 
 def _version_label(text: str) -> str:
@@ -151,7 +153,11 @@ def code_version() -> dict[str, Any]:
             [*git, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
         ).stdout.strip()
         status = subprocess.run(
-            [*git, "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=30, check=True
+            [*git, "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         )
         dirty = bool(status.stdout.strip())
     except (OSError, subprocess.SubprocessError):
@@ -271,7 +277,8 @@ def _card(manifest: dict[str, Any]) -> str:
             else []
         ),
         f'vLLM: `LLM(model="{base_id}", enable_lora=True)` and '
-        f'`LoRARequest("{name}", 1, "<this directory>/{ADAPTER}")` per request (dense models; for MoE experts merge first).',
+        f'`LoRARequest("{name}", 1, "<this directory>/{ADAPTER}")` per request '
+        "(dense models; for MoE experts merge first).",
         "",
     ]
     return "\n".join(lines)
@@ -429,7 +436,9 @@ def rollback(registry_dir: Path | str, name: str, to_version: str | None = None)
             if to_version is not None:
                 target = _version_label(to_version)
                 if target not in versions:
-                    raise RegistryError(f"{name!r} has no version {target}; versions of {name!r}: {', '.join(versions)}")
+                    raise RegistryError(
+                        f"{name!r} has no version {target}; versions of {name!r}: {', '.join(versions)}"
+                    )
             elif current is None or current not in versions:
                 raise RegistryError(
                     f"{name_dir / LATEST} names {current or 'nothing'}, so there is no previous version; "

@@ -99,7 +99,9 @@ def _engine(manifest: dict[str, Any]):
     try:
         return EngineConfig(**{k: v for k, v in (engine or {}).items() if k in EngineConfig.model_fields})
     except ValidationError as exc:
-        raise ServeError(f"{manifest['path']}/manifest.json: its recipe's engine section is invalid now: {exc}") from None
+        raise ServeError(
+            f"{manifest['path']}/manifest.json: its recipe's engine section is invalid now: {exc}"
+        ) from None
 
 
 def _lora_rank(adapter: Path) -> int:
@@ -127,7 +129,9 @@ def _export_dir(exports_dir: Path, manifest: dict[str, Any], fmt: str) -> Path:
     return exports_dir / manifest["name"] / f"{manifest['version']}-{fmt}-{sha}"
 
 
-def _cached_export(registry_dir: Path | str, manifest: dict[str, Any], fmt: str, exports_dir: Path, prepare: bool) -> Path:
+def _cached_export(
+    registry_dir: Path | str, manifest: dict[str, Any], fmt: str, exports_dir: Path, prepare: bool
+) -> Path:
     """A verified export of the version in ``fmt``, made once and reused (its directory appears only when verified)."""
     out = _export_dir(exports_dir, manifest, fmt)
     if prepare and not (out / "export.json").is_file():
@@ -173,9 +177,15 @@ def plan(
             "drop --moe-lora to serve the verified merged model"
         )
     if moe and not moe_lora:
-        mode, model_dir, lora_dir = "merged", _cached_export(registry_dir, manifest, "merged", exports_dir, prepare), None
+        mode, model_dir, lora_dir = (
+            "merged",
+            _cached_export(registry_dir, manifest, "merged", exports_dir, prepare),
+            None,
+        )
         served, models_ = name, {"adapter": name}
-        notes.append(f"MoE base: serving {name}:{version} merged into {base_id} ({model_dir}); the base itself is not served")
+        notes.append(
+            f"MoE base: serving {name}:{version} merged into {base_id} ({model_dir}); the base itself is not served"
+        )
     else:
         mode = "lora-per-expert" if moe else "lora"
         lora_dir = _cached_export(registry_dir, manifest, "peft-per-expert", exports_dir, prepare) if moe else adapter
@@ -222,7 +232,9 @@ def _reap_group(pgid: int, timeout_s: float) -> None:
     while _group_alive(pgid) and time.monotonic() < deadline:
         time.sleep(0.2)
     if _group_alive(pgid):
-        log.warning("serve: processes of the vLLM server (group %d) still running after %.0f s: killing them", pgid, timeout_s)
+        log.warning(
+            "serve: processes of the vLLM server (group %d) still running after %.0f s: killing them", pgid, timeout_s
+        )
         try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:

@@ -87,7 +87,14 @@ def sample_into(recipe: Recipe, prompts: list[dict], raw_path: Path) -> None:
     if not todo:
         return
     missing = sum(p["id"] not in done for chunk in todo for p in chunk)
-    log.info("sample: %d of %d prompts to go (%d chunks; %d prompts already in %s)", missing, len(prompts), len(todo), len(done), raw_path)
+    log.info(
+        "sample: %d of %d prompts to go (%d chunks; %d prompts already in %s)",
+        missing,
+        len(prompts),
+        len(todo),
+        len(done),
+        raw_path,
+    )
     model_path = models.resolve(recipe.model.id)
     llm = generation.get_engine(model_path, recipe.engine, revision=recipe.model.revision, prefix_caching=False)
     tokenizer = llm.get_tokenizer()
@@ -95,7 +102,7 @@ def sample_into(recipe: Recipe, prompts: list[dict], raw_path: Path) -> None:
     tokens, started = 0, time.time()
     with open(raw_path, "a") as out:
         for chunk in todo:
-            requests, params, meta = _requests(recipe, tokenizer, chunk, done, out, bar)
+            requests, params, meta = build_requests(recipe, tokenizer, chunk, done, out, bar)
             for i, result in generation.stream(llm, requests, params):
                 prompt, text = meta[i]
                 tokens += sum(len(c.token_ids) for c in result.outputs)
@@ -103,14 +110,16 @@ def sample_into(recipe: Recipe, prompts: list[dict], raw_path: Path) -> None:
                     continue  # finished before the interruption: regenerated only to keep the batch
                 if len(result.outputs) != cfg.n:  # every sample or a loud failure, never a silent subset
                     raise RuntimeError(f"{prompt['id']}: vLLM returned {len(result.outputs)} of {cfg.n} samples")
-                runs.append_rows(out, [_row(prompt, text, result, c, cfg) for c in sorted(result.outputs, key=lambda c: c.index)])
+                runs.append_rows(
+                    out, [_row(prompt, text, result, c, cfg) for c in sorted(result.outputs, key=lambda c: c.index)]
+                )
                 bar.update(1)
                 bar.set_postfix(tok_s=f"{tokens / max(time.time() - started, 1e-9):.1f}")
             os.fsync(out.fileno())
     bar.close()
 
 
-def _requests(recipe: Recipe, tokenizer, chunk: list[dict], done: set[str], out, bar):
+def build_requests(recipe: Recipe, tokenizer, chunk: list[dict], done: set[str], out, bar):
     """The vLLM requests of a chunk; prompts too long for the context are recorded and skipped."""
     cfg, max_len = recipe.sampling, recipe.engine.max_model_len
     requests, params, meta = [], [], []
@@ -124,7 +133,9 @@ def _requests(recipe: Recipe, tokenizer, chunk: list[dict], done: set[str], out,
         )
         if len(ids) >= max_len:
             if prompt["id"] not in done:
-                out.write(json.dumps({"id": prompt["id"], "dropped": "prompt_too_long", "prompt_tokens": len(ids)}) + "\n")
+                out.write(
+                    json.dumps({"id": prompt["id"], "dropped": "prompt_too_long", "prompt_tokens": len(ids)}) + "\n"
+                )
                 bar.update(1)
             continue
         requests.append({"prompt_token_ids": ids})
@@ -163,7 +174,16 @@ def _row(prompt: dict, text: str, result, completion, cfg) -> dict:
     return row
 
 
-def _finalize(recipe: Recipe, run_dir: Path, prompts: list[dict], raw_rows: list[dict], key: str, inputs: dict, started: float, source_counts: dict) -> artifacts.Manifest:
+def _finalize(
+    recipe: Recipe,
+    run_dir: Path,
+    prompts: list[dict],
+    raw_rows: list[dict],
+    key: str,
+    inputs: dict,
+    started: float,
+    source_counts: dict,
+) -> artifacts.Manifest:
     seen = {row["id"] for row in raw_rows}
     missing = [p["id"] for p in prompts if p["id"] not in seen]
     if missing:
@@ -251,11 +271,15 @@ def merge(recipe: Recipe, run_dir: Path, count: int) -> artifacts.Manifest:
     for index in range(count):
         path = run_dir / SHARDS / f"{key[:10]}-{index}-of-{count}.raw.jsonl"
         if not path.exists():
-            raise SampleFileError(f"{path}: shard {index}/{count} is missing; run `ssd sample RECIPE --shard {index}/{count}`")
+            raise SampleFileError(
+                f"{path}: shard {index}/{count} is missing; run `ssd sample RECIPE --shard {index}/{count}`"
+            )
         shard_rows = runs.read_log(path)
         wanted = {p["id"] for p in shard_prompts(prompts, recipe.sampling.chunk_size, index, count)}
         have = runs.complete_ids(shard_rows, recipe.sampling.n, "id", _skipped)
         if have != wanted:
-            raise SampleFileError(f"{path}: shard {index}/{count} is incomplete ({len(have & wanted)} of {len(wanted)} prompts); rerun it")
+            raise SampleFileError(
+                f"{path}: shard {index}/{count} is incomplete ({len(have & wanted)} of {len(wanted)} prompts); rerun it"
+            )
         rows.extend(shard_rows)
     return _finalize(recipe, run_dir, prompts, rows, key, inputs, started, source_counts)

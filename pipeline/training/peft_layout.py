@@ -54,7 +54,8 @@ def check_version(version: str | None = None) -> None:
         "SUPPORTED: the 'base_model.model.' prefix and 'base_layer' nesting of module names; the "
         "'<name>.lora_A/lora_B.weight' adapter keys; ParamWrapper's lora_B layout (rank-major, expert index "
         "fastest), get_delta_factors and _did_swap_in_out_features; rank_pattern/alpha_pattern matching. "
-        "tests/test_export.py (per-expert export), tests/test_plan.py and tests/test_targets.py check them."
+        "tests/integration/test_export.py (per-expert export), tests/unit/test_plan.py and "
+        "tests/unit/test_targets.py check them."
     )
 
 

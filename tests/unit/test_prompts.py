@@ -1,11 +1,10 @@
 import json
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from pipeline.prompts import MBPP_TRAIN_IDS, PromptError, load_prompts, mbpp_prompt, mbpp_train_prompts
 
-ROOT = Path(__file__).resolve().parent.parent
 MBPP = ROOT.parent / "shared" / "data" / "mbpp.jsonl"
 
 

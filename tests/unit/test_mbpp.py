@@ -2,15 +2,14 @@
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
+from conftest import ROOT
 
 from pipeline.evaluation import benchmarks
 from pipeline.evaluation.benchmarks import BenchmarkError
 from pipeline.evaluation.sandbox import execute_many
 
-ROOT = Path(__file__).resolve().parent.parent
 SHIPPED = ROOT / "data" / "mbpp_test.jsonl"
 MBPP = ROOT.parent / "shared" / "data" / "mbpp.jsonl"
 SHIPPED_SHA256 = "9bcaa67d5c2943e95eb9d9127e844f0551a77ac910c664aa45a4ebd75d239bd9"
@@ -48,7 +47,7 @@ def test_problems_have_humaneval_shape(problems):
 def test_every_reference_solution_passes_in_the_sandbox(problems):
     programs = [benchmarks.check_program(p, p["code"]) for p in problems]
     verdicts = execute_many(programs, timeout_s=10, workers=2, module_name=benchmarks.MODULE_NAME)
-    failed = [(p["task_id"], v.detail) for p, v in zip(problems, verdicts) if not v.passed]
+    failed = [(p["task_id"], v.detail) for p, v in zip(problems, verdicts, strict=False) if not v.passed]
     assert failed == []
 
 

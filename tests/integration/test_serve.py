@@ -15,8 +15,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import ROOT
-from test_export import _lineage, _moe_adapter
+from conftest import ROOT, lineage, moe_adapter
 
 from pipeline import cli, models
 from pipeline.deploy import registry, serve
@@ -28,25 +27,47 @@ def _dense_base(path):
     """A config-only dense Gemma 3 directory: enough for planning (no weights are loaded)."""
     from transformers import Gemma3TextConfig
 
-    Gemma3TextConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=32).save_pretrained(path)
+    Gemma3TextConfig(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=32,
+    ).save_pretrained(path)
     return path
 
 
 def _fake_adapter(path, r: int):
     path.mkdir(parents=True)
-    (path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": ["q_proj"]}))
+    (path / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": r, "lora_alpha": 2 * r, "target_modules": ["q_proj"]})
+    )
     return path
 
 
 @pytest.fixture
 def dense_reg(tmp_path):
     reg = tmp_path / "registry"
-    registry.promote(reg, NAME, _fake_adapter(tmp_path / "a", 16), _lineage(str(_dense_base(tmp_path / "base"))))
+    registry.promote(reg, NAME, _fake_adapter(tmp_path / "a", 16), lineage(str(_dense_base(tmp_path / "base"))))
     return reg
 
 
 def test_dense_adapter_is_served_as_lora_beside_its_base(dense_reg, tmp_path, capsys):
-    args = ["serve", NAME, "--registry-dir", str(dense_reg), "--port", "8123", "--dry-run", "--", "--max-num-seqs", "4", "--seed", "7"]
+    args = [
+        "serve",
+        NAME,
+        "--registry-dir",
+        str(dense_reg),
+        "--port",
+        "8123",
+        "--dry-run",
+        "--",
+        "--max-num-seqs",
+        "4",
+        "--seed",
+        "7",
+    ]
     assert cli.main(args) == 0
     out = capsys.readouterr().out
     adapter = dense_reg / NAME / "v0001" / "adapter"
@@ -61,7 +82,11 @@ def test_dense_adapter_is_served_as_lora_beside_its_base(dense_reg, tmp_path, ca
     assert cpu.cmd[:3] == [sys.executable, "-m", "vllm.entrypoints.openai.api_server"]
     assert cpu.env["VLLM_CPU_NUM_OF_RESERVED_CPU"] == os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
     flags = " ".join(cpu.cmd)
-    assert "--gpu-memory-utilization 0.3" in flags and "--no-enable-chunked-prefill" in flags and "--enforce-eager" in flags
+    assert (
+        "--gpu-memory-utilization 0.3" in flags
+        and "--no-enable-chunked-prefill" in flags
+        and "--enforce-eager" in flags
+    )
     assert "--max-model-len 1024" in flags and "--dtype auto" in flags and "--host 127.0.0.1" in flags
     gpu = " ".join(serve.plan(dense_reg, NAME, gpu=True, host="0.0.0.0").cmd)
     assert "--gpu-memory-utilization 0.9" in gpu and "chunked-prefill" not in gpu and "--host 0.0.0.0" in gpu
@@ -69,7 +94,7 @@ def test_dense_adapter_is_served_as_lora_beside_its_base(dense_reg, tmp_path, ca
 
 def test_moe_adapter_is_served_as_a_verified_merged_copy(tmp_path):
     reg = tmp_path / "registry"
-    registry.promote(reg, "moe", _moe_adapter(tmp_path / "adapter", seed=3), _lineage(models.RANDOM_TINY))
+    registry.promote(reg, "moe", moe_adapter(tmp_path / "adapter", seed=3), lineage(models.RANDOM_TINY))
     exports = tmp_path / "exports"
     p = serve.plan(reg, "moe", gpu=False, exports_dir=exports)
     assert p.mode == "merged" and p.models == {"adapter": "moe"} and "--enable-lora" not in p.cmd
@@ -110,7 +135,10 @@ from pipeline.cli.serve import run_server
 from pipeline.deploy import serve
 
 server = [sys.executable, "-c", "import time; time.sleep(300)"]  # stands in for vLLM: never answers
-plan = serve.Plan(cmd=server, env=dict(os.environ), url="http://127.0.0.1:9/v1", models={"adapter": "x"}, mode="lora", source="x:v0001")
+plan = serve.Plan(
+    cmd=server, env=dict(os.environ), url="http://127.0.0.1:9/v1",
+    models={"adapter": "x"}, mode="lora", source="x:v0001",
+)
 sys.exit(run_server(plan))
 """
 
@@ -129,7 +157,9 @@ def _gone(pgid: int, timeout: float = 15.0) -> bool:
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGKILL])
 def test_no_server_outlives_ssd_serve(sig):
     """SIGTERM/SIGINT stop the server and exit 0; even a SIGKILL of ssd serve takes the server down."""
-    proc = subprocess.Popen([sys.executable, "-c", FAKE_SERVE], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", FAKE_SERVE], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
         for line in proc.stdout:
             if line.startswith("vLLM server pid "):
@@ -212,15 +242,36 @@ def test_real_server_answers_for_base_and_adapter_rolls_back_and_stops_cleanly(t
     reg = tmp_path / "registry"
     completions = {tmp_path / "a1": "    return fib_one(n)\n", tmp_path / "a2": "    return fib_two(n)\n"}
     for adapter in _trained_adapters(completions):
-        registry.promote(reg, NAME, adapter, _lineage(models.EMBEDDED))  # v0001 (fib_one), v0002 (fib_two, latest)
+        registry.promote(reg, NAME, adapter, lineage(models.EMBEDDED))  # v0001 (fib_one), v0002 (fib_two, latest)
     port = _free_port()
     log = tmp_path / "serve.log"
     started = time.monotonic()
     with open(log, "w") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "serve", NAME, "--registry-dir", str(reg), "--port", str(port), "--", "--max-num-seqs", "4", "--gpu-memory-utilization", "0.1"],
-            cwd=ROOT, stdout=sink, stderr=subprocess.STDOUT, text=True,
-            env={**os.environ, "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"},  # for the hot rollback below; 0.1: 2.4 GiB of KV cache is plenty
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "serve",
+                NAME,
+                "--registry-dir",
+                str(reg),
+                "--port",
+                str(port),
+                "--",
+                "--max-num-seqs",
+                "4",
+                "--gpu-memory-utilization",
+                "0.1",
+            ],
+            cwd=ROOT,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={
+                **os.environ,
+                "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
+            },  # for the hot rollback below; 0.1: 2.4 GiB of KV cache is plenty
         )
     server_pid = None
     try:
@@ -241,7 +292,9 @@ def test_real_server_answers_for_base_and_adapter_rolls_back_and_stops_cleanly(t
         assert registry.rollback(reg, NAME) == "v0001"
         body = {"lora_name": NAME, "lora_path": str(registry.resolve(reg, NAME)), "load_inplace": True}
         request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/v1/load_lora_adapter", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+            f"http://127.0.0.1:{port}/v1/load_lora_adapter",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=300) as response:
             assert response.status == 200
@@ -257,7 +310,9 @@ def test_real_server_answers_for_base_and_adapter_rolls_back_and_stops_cleanly(t
             os.killpg(server_pid, 0)  # the server and its engine process are gone
         with socket.socket() as sock:  # nothing listens on the port any more ...
             assert sock.connect_ex(("127.0.0.1", port)) != 0
-        assert serve._port_free("127.0.0.1", port)  # ... and a restarted server can bind it (closed connections may linger in TIME_WAIT)
+        assert serve._port_free(
+            "127.0.0.1", port
+        )  # ... and a restarted server can bind it (closed connections may linger in TIME_WAIT)
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -4,8 +4,8 @@ stage's check tells a served adapter from one vLLM ignores (the expert-LoRA trap
 import pytest
 
 from pipeline import generation, models
-from pipeline.stages.eval import PROBES, lora_is_served
 from pipeline.recipe import EngineConfig
+from pipeline.stages.eval import PROBES, lora_is_served
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,9 @@ def test_lora_request_changes_vllm_output_like_peft(tmp_path):
         greedy = generation.sampling_params(temperature=0.0, top_k=0, top_p=1.0, max_tokens=8, seed=0)
         lora = LoRARequest("trained", 1, str(trained))
         plain = [o.outputs[0].token_ids for o in llm.generate(PROBES, [greedy] * 3, use_tqdm=False)]
-        adapted = [o.outputs[0].token_ids for o in llm.generate(PROBES, [greedy] * 3, lora_request=lora, use_tqdm=False)]
+        adapted = [
+            o.outputs[0].token_ids for o in llm.generate(PROBES, [greedy] * 3, lora_request=lora, use_tqdm=False)
+        ]
         assert plain != adapted  # the adapter reaches vLLM's forward pass
         assert lora_is_served(llm, lora, base, trained)
         # vLLM given an adapter with no effect while PEFT's changes the output: what a dropped

@@ -66,7 +66,9 @@ def _history(records: list) -> list[dict]:
     rows = []
     for record in records:
         if record.WhichOneof("record_type") == "history":
-            rows.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+            rows.append(
+                {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item}
+            )
     return rows
 
 
@@ -104,7 +106,9 @@ def test_offline_wandb_run_holds_the_logged_keys(tmp_path, monkeypatch):
         assert tracker.wandb_run is not None
         for step, loss in enumerate([2.0, 1.5, 1.25], start=1):
             tracker.log({"loss": loss}, stage="train", step=step)
-        tracker.log({"pass@1": 0.05, "per_difficulty": {"easy": {"pass@1": 0.1}}, "samples": [1, 2]}, stage="eval", step=0)
+        tracker.log(
+            {"pass@1": 0.05, "per_difficulty": {"easy": {"pass@1": 0.1}}, "samples": [1, 2]}, stage="eval", step=0
+        )
 
     (offline,) = (run_dir / "wandb").glob("offline-run-*")  # offline, inside the run directory
     (log_file,) = offline.glob("run-*.wandb")

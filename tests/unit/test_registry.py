@@ -170,7 +170,15 @@ def test_promotion_killed_midway_leaves_registry_as_it_was(tmp_path, pause):
     registry.promote(reg, NAME, _adapter(tmp_path, "first"), _lineage("run-1"))
     before = _state(reg)
     proc = subprocess.Popen(
-        [sys.executable, "-c", CHILD, str(reg), str(_adapter(tmp_path, "killed", files=6)), pause, json.dumps(_lineage("run-2"))],
+        [
+            sys.executable,
+            "-c",
+            CHILD,
+            str(reg),
+            str(_adapter(tmp_path, "killed", files=6)),
+            pause,
+            json.dumps(_lineage("run-2")),
+        ],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -244,7 +252,9 @@ def test_concurrent_promotions_from_two_processes(tmp_path):
         manifest = registry.show(reg, NAME, row["version"])
         tag = manifest["samples_sha256"]
         assert manifest["version"] in printed[tag]  # the process that printed it wrote it
-        assert runs.hash_path(Path(row["path"]) / "adapter") == runs.hash_path(sources[tag]) == manifest["adapter_sha256"]
+        assert (
+            runs.hash_path(Path(row["path"]) / "adapter") == runs.hash_path(sources[tag]) == manifest["adapter_sha256"]
+        )
         assert manifest["previous_latest"] == previous  # promotions were serialised
         previous = manifest["version"]
     assert (reg / NAME / "latest").read_text() == "v0008\n"

@@ -1,6 +1,6 @@
 """The pre-forked sandbox server: every program still gets its own fresh, limited process.
 
-tests/test_sandbox.py covers the containment layers; these tests cover what a shared server
+tests/unit/test_sandbox.py covers the containment layers; these tests cover what a shared server
 could break: state shared between programs, descriptors inherited from the server, the
 program's reach over its own verdict files, per-program limits, and recovery."""
 
@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from pipeline.evaluation.sandbox.server import _identity, _Server, execute, execute_many
+from pipeline.evaluation.sandbox.server import Server, execute, execute_many, identity
 
 
 def test_each_program_is_a_new_process_with_fresh_randomness():
@@ -105,7 +105,7 @@ def test_non_daemon_threads_are_waited_for():
 
 
 def test_interpreter_is_usable_by_the_sandbox_user():
-    python, drop_to = _identity()
+    python, drop_to = identity()
     assert os.access(python, os.X_OK)
     if os.geteuid() == 0:
         assert drop_to is not None and drop_to[0] != 0
@@ -114,7 +114,7 @@ def test_interpreter_is_usable_by_the_sandbox_user():
 def test_a_dead_server_is_replaced():
     """Between programs: restarted before the next one (nothing of it ran). During one: that
     program fails with the reason, its process group is killed, and the next one runs."""
-    server = _Server()
+    server = Server()
     try:
         assert server.execute("pass\n", 10, 2048, "x").passed
         os.kill(server._proc.pid, signal.SIGKILL)

@@ -2,7 +2,6 @@
 and nothing written to the runs directory or the registry."""
 
 import pytest
-
 from conftest import ssd
 
 
@@ -136,9 +135,22 @@ def test_sigterm_shuts_the_vllm_engine_down_with_the_run(tmp_path):
     err = tmp_path / "stderr.log"
     with open(err, "w") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pipeline.cli", "sample", str(ROOT / "recipes" / "tiny.yaml"), f"runs_dir={tmp_path / 'runs'}",
-             "prompts.limit=64", "sampling.max_tokens=256", "sampling.chunk_size=8", "engine.gpu_memory_utilization=0.1"],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=fh, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "pipeline.cli",
+                "sample",
+                str(ROOT / "recipes" / "tiny.yaml"),
+                f"runs_dir={tmp_path / 'runs'}",
+                "prompts.limit=64",
+                "sampling.max_tokens=256",
+                "sampling.chunk_size=8",
+                "engine.gpu_memory_utilization=0.1",
+            ],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=fh,
+            start_new_session=True,
         )
     try:
         deadline = time.time() + 600
@@ -150,7 +162,9 @@ def test_sigterm_shuts_the_vllm_engine_down_with_the_run(tmp_path):
         proc.send_signal(signal.SIGTERM)  # to ssd only, as `kill PID` or systemd's stop would
         assert proc.wait(timeout=120) == 128 + signal.SIGTERM
         deadline = time.time() + 60
-        while any(os.path.exists(f"/proc/{pid}") and "Z" not in open(f"/proc/{pid}/stat").read().split()[2] for pid in engine):
+        while any(
+            os.path.exists(f"/proc/{pid}") and "Z" not in open(f"/proc/{pid}/stat").read().split()[2] for pid in engine
+        ):
             assert time.time() < deadline, f"engine processes {engine} outlived the run"
             time.sleep(0.5)
     finally:

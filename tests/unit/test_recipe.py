@@ -1,11 +1,8 @@
-from pathlib import Path
-
 import pytest
+from conftest import ROOT
 from pydantic import BaseModel
 
 from pipeline.recipe import Recipe, RecipeError, load_recipe, reference_markdown
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)

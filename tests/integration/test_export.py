@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ssd
+from conftest import lineage, moe_adapter, ssd
 
 from pipeline import cli, models, runs
 from pipeline.deploy import export, registry
@@ -18,49 +18,19 @@ NAME = "moe"
 TARGETS = ["experts.gate_up_proj", "experts.down_proj"]
 
 
-def _lineage(model_id: str) -> dict:
-    return {
-        "run_id": "run-test",
-        "base_model": {"id": model_id, "revision": None},
-        "recipe": {"name": NAME, "engine": {"max_model_len": 512}},
-        "samples_sha256": "ab" * 32,
-        "metrics": {},
-        "decision": {"promoted": True, "reasons": ["pass: test"]},
-    }
-
-
-def _moe_adapter(path, seed: int):
-    """A PEFT adapter on the tiny MoE: attention q_proj plus both fused expert tensors, non-zero B."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(models.resolve(models.RANDOM_TINY), dtype=torch.float32)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"], target_parameters=TARGETS)
-    )
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(std=0.05)
-    peft_model.save_pretrained(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def reg(tmp_path_factory):
     """A registry with two versions of NAME (v0002 latest) and a dense-only adapter named ``dense``."""
     root = tmp_path_factory.mktemp("export")
     reg = root / "registry"
     for seed in (1, 2):
-        registry.promote(reg, NAME, _moe_adapter(root / f"adapter-{seed}", seed), _lineage(models.RANDOM_TINY))
+        registry.promote(reg, NAME, moe_adapter(root / f"adapter-{seed}", seed), lineage(models.RANDOM_TINY))
     dense = root / "dense-adapter"
     dense.mkdir()
     (dense / "adapter_config.json").write_text(
         json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "target_modules": ["q_proj"]})
     )
-    registry.promote(reg, "dense", dense, _lineage(models.RANDOM_TINY))
+    registry.promote(reg, "dense", dense, lineage(models.RANDOM_TINY))
     return reg
 
 
@@ -77,7 +47,7 @@ def _peft_and_base():
     return {n: p.detach().clone() for n, p in model.named_parameters()}, model
 
 
-def test_peft_export_copies_adapter_card_and_lineage(reg, tmp_path, capsys):
+def test_peft_export_copies_adapter_card_andlineage(reg, tmp_path, capsys):
     out = tmp_path / "peft"
     assert _export_cli(reg, NAME, str(out)) == 0  # default format peft, default version latest
     version_dir = reg / NAME / "v0002"
