@@ -32,6 +32,7 @@ The protocol (README, "Statistics"), in the order the eval stage applies it:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -222,24 +223,28 @@ class SignFlipTest:
     seed: int
 
 
-def _all_signs(m: int) -> np.ndarray:
-    """Every assignment of +-1 to m items: a (2^m, m) matrix."""
-    return ((np.arange(2**m)[:, None] >> np.arange(m)) & 1) * 2.0 - 1.0
+@functools.lru_cache(maxsize=8)
+def _signs(m: int, resamples: int, seed: int) -> np.ndarray:
+    """The sign vectors for m items: all 2^m when m <= EXACT_MAX, else ``resamples`` drawn with
+    ``seed`` (the same matrix for the same arguments, so it is kept: a grid asks for it repeatedly).
+    Read-only int8, rows are assignments."""
+    if m <= EXACT_MAX:
+        signs = ((np.arange(2**m)[:, None] >> np.arange(m)) & 1) * 2 - 1
+    else:
+        signs = np.random.default_rng(seed).integers(0, 2, size=(resamples, m)) * 2 - 1
+    signs = signs.astype(np.int8)
+    signs.flags.writeable = False
+    return signs
 
 
 def _flipped_sums(values: np.ndarray, resamples: int, seed: int) -> tuple[np.ndarray, np.ndarray, bool]:
     """(sum of s_i x values_i, sum of s_i) for every sign vector s: all of them when few, else drawn."""
-    m = values.size
-    if m <= EXACT_MAX:
-        signs = _all_signs(m)
-        return signs @ values, signs.sum(axis=1), True
-    rng = np.random.default_rng(seed)
-    sums, totals = np.empty(resamples), np.empty(resamples)
-    for start in range(0, resamples, _CHUNK):
-        stop = min(start + _CHUNK, resamples)
-        signs = rng.integers(0, 2, size=(stop - start, m)) * 2.0 - 1.0
-        sums[start:stop], totals[start:stop] = signs @ values, signs.sum(axis=1)
-    return sums, totals, False
+    signs = _signs(values.size, resamples, seed)
+    sums, totals = np.empty(signs.shape[0]), np.empty(signs.shape[0])
+    for start in range(0, signs.shape[0], _CHUNK * 16):  # chunks bound the float copy of the signs
+        block = signs[start : start + _CHUNK * 16].astype(float)
+        sums[start : start + block.shape[0]], totals[start : start + block.shape[0]] = block @ values, block.sum(axis=1)
+    return sums, totals, values.size <= EXACT_MAX
 
 
 def sign_flip_test(base: Scores, adapter: Scores, *, resamples: int = 20_000, seed: int = 0) -> SignFlipTest:
@@ -370,10 +375,15 @@ def size(
 
     Under no effect, base and adapter draw their n samples of a problem from the same per-problem
     rate, so a problem's difference has variance 2 v / n, with v the mean of p_i (1 - p_i)
-    (``variance``; without it p (1 - p), the homogeneous upper bound). The mean over ``problems``
-    has standard error sd / sqrt(problems) and the smallest change found with ``power`` at one-sided
-    ``level`` is (z_level + z_power) x se. Shared seeds make the two arms' samples positively
-    correlated, which only shrinks the real error: these figures are conservative.
+    (``variance``; without it p (1 - p), the homogeneous upper bound), and the mean over
+    ``problems`` has standard error sd / sqrt(problems). The smallest change ``delta`` found with
+    ``power`` at one-sided ``level`` solves delta = z_level x se_test + z_power x se_delta: the
+    sign-flip statistic's spread grows with the effect (its variance is the mean of d^2, not of
+    (d - delta)^2) and so does the changed arm's binomial variance; without both, the plain
+    (z_level + z_power) x se overstates the power by about 10 points at 80% on 80 problems. A
+    guard's change is a regression (its rate moves down). Shared seeds make the two arms'
+    samples positively correlated, which only shrinks the real error: these figures are
+    conservative.
     """
     if problems < 1 or n < 1:
         raise ValueError(f"size: need problems >= 1 and n >= 1, got {problems} and {n}")
@@ -384,7 +394,15 @@ def size(
     se = sd / np.sqrt(problems)
     z = NormalDist()
     z_level, z_power = z.inv_cdf(1 - level), z.inv_cdf(power)
+    direction = -1.0 if margin is not None else 1.0
     detectable = float((z_level + z_power) * se)
+    for _ in range(50):  # a contraction: converges in a few steps
+        moved = max(v + direction * detectable * (1 - 2 * pass_rate) - detectable**2, 0.0)
+        spread = (v + moved) / n
+        step = z_level * np.sqrt((spread + detectable**2) / problems) + z_power * np.sqrt(spread / problems)
+        if abs(step - detectable) < 1e-12:
+            break
+        detectable = float(step)
     sizing = Sizing(problems, n, pass_rate, sd, level, power, detectable)
     if margin is None:
         return sizing
