@@ -52,9 +52,8 @@ def benchmark_metrics(
         )
 
     t_choice = "pre-registered" if cfg.t_eval else "single" if len(temps) == 1 else "selection"
-    parts = stats.split(bench.problems, cfg.selection_fraction, cfg.split_seed)
-    if t_choice != "selection" and not cfg.always_split:
-        parts = None
+    wanted = t_choice == "selection" or (cfg.always_split and len(ids) > 1)
+    parts = stats.split(bench.problems, cfg.selection_fraction, cfg.split_seed) if wanted else None
     confirm = parts.confirmation if parts else ids
     if t_choice == "selection":
         chosen = {
