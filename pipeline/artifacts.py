@@ -5,9 +5,11 @@ writers build the model and ``save`` it (atomically), readers ``load`` it and ge
 so no module reads ``metrics.json``'s or a manifest's keys by string. A file that does not
 match its schema is a ``ArtifactError`` naming the file and the field, with what to do next.
 
-- ``EvalMetrics`` (``eval/metrics.json``): per benchmark, the T_eval grid (both models'
-  summaries and the paired delta at each temperature), each model's best temperature and the
-  delta between the two bests with its confidence interval.
+- ``EvalMetrics`` (``eval/metrics.json``): per benchmark, the T_eval grid over all problems (both
+  models' summaries and the paired delta at each temperature), the protocol (selection and
+  confirmation parts, which decided), each model's T_eval, and on the confirmation part the delta
+  with its interval and exact test, the finish-rate difference at the adapter's T_eval, and the
+  comparison's sizing.
 - ``Decision`` (``promotion.json``): the gate's verdict, one reason line per rule.
 - ``Manifest`` (``manifests/<stage>.json``): a finished stage's key, parameters, input hashes,
   outputs, counts, timings and versions.
@@ -99,20 +101,28 @@ class ModelSummary(_Artifact):
 
 
 class Delta(_Artifact):
-    """Mean paired difference adapter - base over problems, with its 95% interval."""
+    """Mean paired difference adapter - base over problems, with its 95% interval.
+
+    The interval inverts the exact sign-flip test (``stats.sign_flip_interval``); the decided
+    comparison also records the test's one-sided ``p_value`` and, for comparison, the percentile
+    bootstrap interval. Fields a row does not have are left out of the file, not written as null.
+    """
 
     value: float
     ci_low: float
     ci_high: float
     resamples: int | None = None
     seed: int | None = None
+    problems: int | None = Field(None, description="problems the difference is taken over")
+    p_value: float | None = Field(None, description="one-sided exact paired sign-flip test of 'adapter no better'")
+    discordant: int | None = Field(None, description="problems whose scores differ (the test's information)")
+    exact: bool | None = Field(None, description="the p-value enumerated every sign assignment (else drawn)")
+    bootstrap_low: float | None = Field(None, description="percentile bootstrap interval, for comparison only")
+    bootstrap_high: float | None = None
 
     @model_serializer(mode="wrap")
-    def _omit_unset_bootstrap(self, handler) -> dict[str, Any]:
-        """A grid row's delta has no ``resamples``/``seed`` (only the best-vs-best one records
-        them): left out of the file, as the eval stage always wrote it, not written as null."""
-        out = handler(self)
-        return {key: value for key, value in out.items() if value is not None or key not in ("resamples", "seed")}
+    def _omit_unset(self, handler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
 
 
 class GridRow(_Artifact):
@@ -132,12 +142,74 @@ class Best(_Artifact):
     pass_at_1: float = Field(alias="pass@1")
 
 
+class Part(_Artifact):
+    """pass@1 of both models at every T_eval on one part of a benchmark's problems."""
+
+    problems: list[str]
+    base: dict[float, float]
+    adapter: dict[float, float]
+
+
+class Protocol(_Artifact):
+    """How a benchmark's verdict was reached: where T_eval came from and which problems decided."""
+
+    t_choice: Literal["selection", "pre-registered", "single"] = Field(
+        description="selection: each model's best T_eval on the selection part; pre-registered: evaluation.t_eval; "
+        "single: a grid of one T_eval"
+    )
+    decided_by: str = Field(description="the protocol in one sentence, as the report prints it")
+    fraction: float | None = None
+    seed: int | None = None
+    stratified_by: str | None = None
+    selection: Part | None = Field(None, description="where choices were made (absent when nothing was split off)")
+    confirmation: Part = Field(description="the problems the delta, its interval, the test and the gate use")
+
+
+class Sizing(_Artifact):
+    """What the confirmation comparison can detect (``stats.size``): the smallest gain found with
+    ``power`` at one-sided ``level``; for a guard, its margin and whether it is within reach."""
+
+    problems: int
+    n: int
+    pass_rate: float
+    sd: float
+    level: float
+    power: float
+    detectable: float
+    margin: float | None = None
+    harmless_pass: float | None = Field(None, description="guard: probability a no-effect adapter passes")
+    reaches_margin: bool | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler) -> dict[str, Any]:
+        return {key: value for key, value in handler(self).items() if value is not None}
+
+
 class BenchmarkMetrics(_Artifact):
+    """One benchmark: the grid over all problems (descriptive), and the verdict's numbers.
+
+    ``base_best``/``adapter_best``: each model's T_eval (chosen on the selection part, pre-registered,
+    or the only one) and its pass@1 on the confirmation part; ``delta``: the paired comparison of
+    those two on the confirmation part; ``finish``: the finish-rate difference there, both models at
+    the adapter's T_eval. A file written before the protocol existed has no ``protocol``, ``finish``
+    or ``sizing``: it still loads, and the gate refuses it with what to do.
+    """
+
     grid: list[GridRow]
     base_best: Best
     adapter_best: Best
     delta: Delta
     identical_completions: int
+    protocol: Protocol | None = None
+    finish: Delta | None = Field(None, description="adapter - base finish rate at the adapter's T_eval, paired")
+    sizing: Sizing | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler) -> dict[str, Any]:
+        out = handler(self)
+        return {
+            key: value for key, value in out.items() if value is not None or key not in ("protocol", "finish", "sizing")
+        }
 
     def best(self, label: Label) -> Best:
         return self.base_best if label == "base" else self.adapter_best

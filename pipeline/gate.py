@@ -1,34 +1,43 @@
-"""The promotion gate: four rules over the eval stage's metrics, every one explained.
+"""The promotion gate: five kinds of rule over the eval stage's metrics, every one explained.
 
-An adapter is promoted only when it is better on the target benchmark by enough, with a
-confidence interval that excludes chance, without paying for it elsewhere: no guard
-benchmark may regress and the adapter may not stop finishing its answers (a model that
-rambles to ``max_tokens`` can still score on short problems while breaking real use).
+An adapter is promoted only when it is better on the target benchmark by enough, with an
+interval and an exact test that exclude chance, without paying for it elsewhere: no guard
+benchmark may be shown worse than its margin allows and the adapter may not stop finishing its
+answers (a model that rambles to ``max_tokens`` can still score on short problems while
+breaking real use).
 
-Each model is judged at its own best evaluation temperature, because SSD shifts the
-temperature at which a model works best; comparing both at one fixed T would penalise
-whichever model that T suits less. Every rule returns a reason line whether it passed
+Every number the gate reads is from the confirmation part of the problems (README,
+"Statistics"): each model's T_eval was chosen on the selection part (or pre-registered), so the
+choice does not inflate the delta it is judged on. The target needs the delta above
+``min_delta``, the lower bound of its 95% interval (the inversion of the exact sign-flip test)
+above ``min_ci_lower`` and the test's one-sided p-value at most ``alpha``. A guard is a
+non-inferiority test: the lower bound of its paired delta must be above ``-max_regression``; a
+point estimate inside the margin is not enough, since on a small guard it is mostly noise. The
+finish rate is compared with both models at the adapter's T_eval, paired, so a drop is not
+hidden behind two different temperatures. Every rule returns a reason line whether it passed
 or failed, so ``promotion.json`` and the report say exactly why.
 
 The gate reads typed metrics (``artifacts.EvalMetrics``): a malformed ``metrics.json`` is
-refused when it is loaded, naming the field, before any rule runs.
+refused when it is loaded, naming the field, before any rule runs; one written before this
+protocol (no p-value, no paired finish rate) fails the rules that need them, saying to rerun.
 """
 
 from __future__ import annotations
 
-from pipeline.artifacts import Decision, EvalMetrics
+from pipeline.artifacts import BenchmarkMetrics, Decision, EvalMetrics
 from pipeline.recipe import PromotionConfig
 
 DISABLED = "promotion disabled in the recipe (promotion.enabled: false)"
 Rule = tuple[bool, str]  # passed, and the reason line's text
 
 
-def decide(metrics: EvalMetrics, cfg: PromotionConfig) -> Decision:
-    """Apply the four rules to ``metrics`` with the recipe's thresholds.
+def decide(metrics: EvalMetrics, cfg: PromotionConfig, *, p_value: float | None = None) -> Decision:
+    """Apply the rules to ``metrics`` with the recipe's thresholds.
 
-    A guard benchmark that was not evaluated is a failed rule (the gate cannot vouch for it),
-    so the run still records a decision. ``cfg.guards: null`` means every evaluated benchmark
-    other than the target (read from ``metrics``, so a sweep point that evaluates other
+    ``p_value`` replaces the target's own p-value (a sweep judges each point by its Holm-adjusted
+    one). A guard benchmark that was not evaluated is a failed rule (the gate cannot vouch for
+    it), so the run still records a decision. ``cfg.guards: null`` means every evaluated
+    benchmark other than the target (read from ``metrics``, so a sweep point that evaluates other
     benchmarks is guarded by its own); an empty list means no guards.
     """
     if not cfg.enabled:
@@ -36,6 +45,7 @@ def decide(metrics: EvalMetrics, cfg: PromotionConfig) -> Decision:
     rules = [
         _delta_rule(metrics, cfg),
         _ci_rule(metrics, cfg),
+        _test_rule(metrics, cfg, p_value),
         *_guard_rules(metrics, cfg),
         _finish_rate_rule(metrics, cfg),
     ]
@@ -45,21 +55,25 @@ def decide(metrics: EvalMetrics, cfg: PromotionConfig) -> Decision:
     )
 
 
+def _where(bench: BenchmarkMetrics) -> str:
+    return f"{bench.delta.problems} confirmation problems" if bench.delta.problems else "all problems"
+
+
 def _delta_rule(metrics: EvalMetrics, cfg: PromotionConfig) -> Rule:
-    """The adapter's best pass@1 on the target beats the base's best by more than min_delta."""
+    """The adapter's pass@1 on the target beats the base's by more than min_delta (each at its T_eval)."""
     bench = metrics.target_metrics
     base, adapter = bench.best("base"), bench.best("adapter")
     delta = _diff(adapter.pass_at_1, base.pass_at_1)
     ok = delta > cfg.min_delta
     return ok, (
         f"{metrics.target} pass@1 delta {delta:+.4f} (base {base.pass_at_1:.4f} at T={base.temperature:g} -> adapter "
-        f"{adapter.pass_at_1:.4f} at T={adapter.temperature:g}) {'>' if ok else 'is not above'} "
+        f"{adapter.pass_at_1:.4f} at T={adapter.temperature:g}, {_where(bench)}) {'>' if ok else 'is not above'} "
         f"min_delta {cfg.min_delta:g}"
     )
 
 
 def _ci_rule(metrics: EvalMetrics, cfg: PromotionConfig) -> Rule:
-    """The lower bound of the delta's paired bootstrap interval is above min_ci_lower."""
+    """The lower bound of the delta's paired 95% interval is above min_ci_lower."""
     ci = metrics.target_metrics.delta
     ok = ci.ci_low > cfg.min_ci_lower
     return ok, (
@@ -68,8 +82,25 @@ def _ci_rule(metrics: EvalMetrics, cfg: PromotionConfig) -> Rule:
     )
 
 
+def _test_rule(metrics: EvalMetrics, cfg: PromotionConfig, p_value: float | None) -> Rule:
+    """The exact paired test's one-sided p-value (or the sweep's adjusted one) is at most alpha."""
+    own = metrics.target_metrics.delta
+    if own.p_value is None:
+        return False, (
+            f"{metrics.target}: eval/metrics.json has no p-value (written before the exact paired test); "
+            "rerun the eval stage"
+        )
+    p, which = (own.p_value, "") if p_value is None else (p_value, "Holm-adjusted ")
+    ok = p <= cfg.alpha
+    test = "exact" if own.exact else f"{own.resamples} drawn assignments"
+    return ok, (
+        f"{metrics.target} paired sign-flip test ({own.discordant} problems differ, {test}): {which}one-sided "
+        f"p = {p:.4f} {'<=' if ok else '>'} alpha {cfg.alpha:g}"
+    )
+
+
 def _guard_rules(metrics: EvalMetrics, cfg: PromotionConfig) -> list[Rule]:
-    """Each guard's best pass@1 falls by at most max_regression (one rule per guard)."""
+    """Each guard is a non-inferiority test: its delta's lower bound is above -max_regression."""
     guards = cfg.guards if cfg.guards is not None else [b for b in metrics.benchmarks if b != metrics.target]
     if not guards:
         return [(True, "no guard benchmarks configured (promotion.guards is empty)")]
@@ -80,28 +111,38 @@ def _guard_rules(metrics: EvalMetrics, cfg: PromotionConfig) -> list[Rule]:
             text = f"guard {guard}: not in eval/metrics.json (benchmarks there: {there}); "
             rules.append((False, text + "evaluate it or remove it from promotion.guards"))
             continue
-        base, adapter = metrics.benchmarks[guard].best("base"), metrics.benchmarks[guard].best("adapter")
-        drop = _diff(base.pass_at_1, adapter.pass_at_1)
-        ok = drop <= cfg.max_regression
+        bench = metrics.benchmarks[guard]
+        base, adapter, d = bench.best("base"), bench.best("adapter"), bench.delta
+        ok = d.ci_low > -cfg.max_regression
         text = (
             f"guard {guard} pass@1 {base.pass_at_1:.4f} (T={base.temperature:g}) -> {adapter.pass_at_1:.4f} "
-            f"(T={adapter.temperature:g}): drop {drop:+.4f} {'<=' if ok else '>'} max_regression {cfg.max_regression:g}"
+            f"(T={adapter.temperature:g}): delta {d.value:+.4f}, 95% CI [{d.ci_low:+.4f}, {d.ci_high:+.4f}], lower "
+            f"bound {'>' if ok else 'is not above'} -max_regression {-cfg.max_regression:g} (non-inferiority)"
         )
+        if bench.sizing is not None and bench.sizing.reaches_margin is False:
+            text += (
+                f"; this guard cannot resolve its margin (smallest detectable change {bench.sizing.detectable:.4f}): "
+                "evaluate more guard problems or samples"
+            )
         rules.append((ok, text))
     return rules
 
 
 def _finish_rate_rule(metrics: EvalMetrics, cfg: PromotionConfig) -> Rule:
-    """The adapter's finish rate on the target, each model at its best T, falls by at most
-    max_finish_rate_drop (a poor rate at a temperature that is nobody's best does not count)."""
+    """The finish rate on the target, both models at the adapter's T_eval (paired over the
+    confirmation problems), falls by at most max_finish_rate_drop."""
     bench = metrics.target_metrics
-    base_t, adapter_t = bench.best("base").temperature, bench.best("adapter").temperature
-    base_fr, adapter_fr = bench.at_best("base").finish_rate, bench.at_best("adapter").finish_rate
-    drop = _diff(base_fr, adapter_fr)
+    finish, t = bench.finish, bench.best("adapter").temperature
+    if finish is None:
+        return False, (
+            f"{metrics.target}: eval/metrics.json has no paired finish rate (written before it was compared at one "
+            "T_eval); rerun the eval stage"
+        )
+    drop = _diff(0.0, finish.value)
     ok = drop <= cfg.max_finish_rate_drop
     return ok, (
-        f"{metrics.target} finish rate {base_fr:.3f} (base, T={base_t:g}) -> {adapter_fr:.3f} "
-        f"(adapter, T={adapter_t:g}): drop {drop:+.3f} {'<=' if ok else '>'} "
+        f"{metrics.target} finish rate at the adapter's T={t:g}, both models: drop {drop:+.3f} "
+        f"(95% CI of the change [{finish.ci_low:+.3f}, {finish.ci_high:+.3f}]) {'<=' if ok else '>'} "
         f"max_finish_rate_drop {cfg.max_finish_rate_drop:g}"
     )
 

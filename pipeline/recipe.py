@@ -314,9 +314,40 @@ class EvaluationConfig(_Strict):
     bootstrap_resamples: int = Field(
         10000,
         ge=100,
-        description="paired bootstrap resamples over problems for the delta's 95% CI; more: a steadier bound",
+        description="paired bootstrap resamples over problems for the percentile interval recorded beside the gate's "
+        "(sign-flip) interval, for comparison; more: a steadier bound",
     )
-    bootstrap_seed: int = Field(0, description="seed of the bootstrap resampling")
+    bootstrap_seed: int = Field(0, description="seed of the bootstrap and of the sign-flip test's drawn assignments")
+    permutation_resamples: int = Field(
+        20000,
+        ge=1000,
+        description="sign-flip assignments drawn for the exact paired test and its interval when too many problems "
+        "differ to enumerate them all (up to 16 are enumerated); more: a steadier p-value",
+    )
+    selection_fraction: float = Field(
+        0.3,
+        gt=0.0,
+        lt=1.0,
+        description="share of each benchmark's problems (per difficulty where known) on which each model's T_eval is "
+        "chosen; the delta, its CI, the test and the gate use only the rest (the confirmation part). Used only when "
+        "something is chosen: a T_eval grid of several values without `t_eval`, or `always_split`; larger: a surer "
+        "T_eval choice, a weaker test",
+    )
+    split_seed: int = Field(
+        0,
+        description="seed of the selection/confirmation split (a hash of it and each problem id): same seed, "
+        "same parts",
+    )
+    t_eval: dict[Literal["base", "adapter"], float] | None = Field(
+        None,
+        description="pre-registered T_eval per model, e.g. `{base: 0.7, adapter: 0.7}` (each must be in the grid): "
+        "nothing is chosen on data, so every problem confirms (`null`: each model's best on the selection part)",
+    )
+    always_split: bool = Field(
+        False,
+        description="split even when nothing is chosen within the run (`ssd sweep` sets it: its best point is chosen "
+        "on the selection part)",
+    )
     adapter_serving: Literal["auto", "lora", "merged"] = Field(
         "auto",
         description="`lora` (vLLM `LoRARequest`, checked against PEFT), `merged` (a verified merged copy), "
@@ -347,15 +378,31 @@ class EvaluationConfig(_Strict):
             raise ValueError(f"every k must be between 1 and n={self.n}, got {self.k}")
         return self
 
+    @model_validator(mode="after")
+    def _t_eval_in_grids(self) -> EvaluationConfig:
+        if self.t_eval is None:
+            return self
+        if set(self.t_eval) != {"base", "adapter"}:
+            raise ValueError(f"t_eval must give both models, e.g. {{base: 0.7, adapter: 0.7}}, got {self.t_eval}")
+        grids = [("temperatures", self.temperatures)]
+        if self.guard_temperatures is not None and len(self.benchmarks) > 1:
+            grids.append(("guard_temperatures", self.guard_temperatures))
+        for label, t in self.t_eval.items():
+            for name, grid in grids:
+                if not any(abs(t - g) < 1e-9 for g in grid):
+                    raise ValueError(f"t_eval.{label} {t:g} is not in {name} {grid}: add it there or change it")
+        return self
+
 
 class PromotionConfig(_Strict):
     """The gate: the adapter enters the registry only if every rule passes.
 
-    On the target benchmark (``evaluation.benchmarks[0]``): the adapter's pass@1 at its best
-    T_eval beats the base's at its best by more than ``min_delta``, the delta's 95% CI lower
-    bound is above ``min_ci_lower``, and its finish rate drops by at most
-    ``max_finish_rate_drop``; on each guard benchmark, best pass@1 drops by at most
-    ``max_regression``.
+    On the target benchmark (``evaluation.benchmarks[0]``), on its confirmation part, each model at
+    the T_eval chosen on the selection part (or pre-registered): the adapter's pass@1 beats the
+    base's by more than ``min_delta``, the delta's 95% CI lower bound is above ``min_ci_lower``,
+    the exact paired test's one-sided p-value is at most ``alpha``, and the finish rate at the
+    adapter's T_eval (both models there) drops by at most ``max_finish_rate_drop``. Each guard is
+    a non-inferiority test: the lower bound of its paired delta is above ``-max_regression``.
     """
 
     enabled: bool = Field(True, description="`false`: never promote")
@@ -371,7 +418,20 @@ class PromotionConfig(_Strict):
     min_ci_lower: float = Field(
         0.0, ge=-1.0, le=1.0, description="target: the delta's paired 95% CI lower bound must exceed this"
     )
-    max_regression: float = Field(0.02, ge=0.0, le=1.0, description="guards: best pass@1 may drop at most this much")
+    alpha: float = Field(
+        0.05,
+        gt=0.0,
+        lt=0.5,
+        description="target: the exact paired test's one-sided p-value must be at most this (a sweep: Holm-adjusted "
+        "over its points); lower: fewer false promotions, less power",
+    )
+    max_regression: float = Field(
+        0.02,
+        ge=0.0,
+        le=1.0,
+        description="guards: the non-inferiority margin: the lower bound of a guard's paired 95% CI of the delta must "
+        "be above -this (a guard too small to resolve it fails harmless adapters: `ssd power` says)",
+    )
     guards: list[str] | None = Field(
         None, description="guard benchmarks (`null`: every evaluated benchmark after the target)"
     )
@@ -379,8 +439,8 @@ class PromotionConfig(_Strict):
         0.05,
         ge=0.0,
         le=1.0,
-        description="target: the adapter's finish rate may drop at most this much (an adapter that stops "
-        "finishing its answers never ships)",
+        description="target: the finish rate may drop at most this much, both models at the adapter's T_eval (an "
+        "adapter that stops finishing its answers never ships)",
     )
 
 

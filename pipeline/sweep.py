@@ -14,8 +14,15 @@ is computed once:
   them, with their manifests, so the stage sees finished work.
 
 ``evaluation.temperatures`` is the T_eval axis of every point (one engine start per model
-for the whole axis); the grid keys are the other axis. Points never touch the production
-registry: the gate runs and its decision is reported, promotions go to ``<sweep>/registry``.
+for the whole axis); the grid keys are the other axis.
+
+Choosing among points is a choice on data like choosing T_eval: every point splits its problems
+(``evaluation.always_split``), the best point is the one best on the selection part, and each
+candidate point's p-value is Holm-adjusted over the points that reached confirmation
+(``holm_verdicts``): the report shows each point's decision alone and with the adjusted p-value.
+
+Points never touch the production registry: the gate runs and its decision is reported,
+promotions go to ``<sweep>/registry``.
 
 Resumable like ``ssd run``: a rerun skips finished points and resumes the interrupted one.
 ``sweep.json`` (the manifest: recipe, grid, points, their status and results), ``sweep.md``
@@ -34,7 +41,8 @@ from typing import Any
 
 import yaml
 
-from pipeline import artifacts, runs
+from pipeline import artifacts, gate, runs
+from pipeline.evaluation import stats
 from pipeline.recipe import Recipe, RecipeError, _apply_override
 from pipeline.report import sweep as sweep_report
 
@@ -137,6 +145,7 @@ def point_recipe(base: Recipe, name: str, overrides: dict[str, Any], sweep_dir: 
         _apply_override(data, key.split("."), value, f"{key}={value}")
     data.update(run_id=name, runs_dir=str(sweep_dir / POINTS), registry_dir=str(sweep_dir / "registry"))
     data["evaluation"]["base_dir"] = str(sweep_dir / BASE_EVAL)
+    data["evaluation"]["always_split"] = True  # the best point is chosen on the selection part
     try:
         return Recipe.model_validate(data)
     except Exception as exc:  # pydantic's message names the field
@@ -219,6 +228,35 @@ def point_results(run_dir: Path, recipe: Recipe) -> dict | None:
     }
 
 
+def holm_verdicts(manifest: dict, evaluated: list[tuple[dict, Path, Recipe]]) -> None:
+    """Judge every candidate point with its Holm-adjusted p-value: ``results["holm"]`` of each.
+
+    The candidates are the points that reached confirmation (evaluated, with a p-value on the
+    target), less the control (a negative control is not a candidate for promotion). Each point's
+    own promote stage saw only its own p-value; promoting the best of m points on unadjusted
+    p-values would find a false winner up to m times as often. Recomputed whenever a point finishes,
+    since the family grows.
+    """
+    target = manifest["benchmarks"][0]
+    p_values = {}
+    for entry, _, _ in evaluated:
+        delta = (((entry.get("results") or {}).get("benchmarks") or {}).get(target) or {}).get("delta") or {}
+        if entry["name"] != CONTROL and delta.get("p_value") is not None:
+            p_values[entry["name"]] = delta["p_value"]
+    adjusted = stats.holm(p_values)
+    for entry, run_dir, recipe in evaluated:
+        if entry["name"] not in adjusted:
+            continue
+        metrics = artifacts.load_manifest(run_dir, "eval").metrics
+        decision = gate.decide(metrics, recipe.promotion, p_value=adjusted[entry["name"]])
+        entry["results"]["holm"] = {
+            "p_adjusted": adjusted[entry["name"]],
+            "candidates": len(adjusted),
+            "promoted": decision.promoted,
+            "reasons": decision.reasons,
+        }
+
+
 def write_reports(sweep_dir: Path, manifest: dict) -> tuple[Path, Path]:
     """Write ``sweep.json`` (the manifest) and, from it, ``sweep.md`` and ``sweep.html``."""
     runs.atomic_write_json(sweep_dir / "sweep.json", manifest)
@@ -261,6 +299,7 @@ def run_sweep(recipe: Recipe, sweep_dir: Path, grid: dict[str, list[Any]], contr
         ],
     }
     done: list[tuple[Path, Recipe]] = []
+    evaluated: list[tuple[dict, Path, Recipe]] = []
     for entry, (name, _overrides, point) in zip(manifest["points"], recipes, strict=True):
         run_dir = sweep_dir / POINTS / name
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -279,6 +318,8 @@ def run_sweep(recipe: Recipe, sweep_dir: Path, grid: dict[str, list[Any]], contr
         entry["wall_s"] = round(time.time() - t0, 1)
         entry["results"] = point_results(run_dir, point)
         done.append((run_dir, point))
+        evaluated.append((entry, run_dir, point))
+        holm_verdicts(manifest, [e for e in evaluated if e[0]["results"]])
         write_reports(sweep_dir, manifest)
     manifest["status"] = "complete" if all(p["status"] == "complete" for p in manifest["points"]) else "failed"
     manifest["wall_s"] = round(time.time() - started, 1)

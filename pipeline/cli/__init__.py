@@ -5,6 +5,7 @@
     ssd sample RECIPE [KEY.SUB=VALUE ...] [--run-id ID] [--shard I/N | --merge N]
     ssd train RECIPE [KEY.SUB=VALUE ...] [--run-id ID] [--list-targets]
     ssd plan RECIPE [KEY.SUB=VALUE ...] [--device-gib GIB]
+    ssd power --problems N --n N --pass-rate P [--selection-fraction F] [--guard PROBLEMS:N:P ...]
     ssd score --benchmark NAME SAMPLES.jsonl [--k 1 5] [--chat] [--lcb-path FILE]
     ssd registry list | show | rollback ...
     ssd export NAME[:VERSION] OUT [--format peft|merged|peft-per-expert]
@@ -109,11 +110,11 @@ def _terminate(signum, _frame) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.cli import export, plan, registry, resolve, run, sample, score, serve, sweep, train
+    from pipeline.cli import export, plan, power, registry, resolve, run, sample, score, serve, sweep, train
 
     parser = argparse.ArgumentParser(prog="ssd", description="Simple self-distillation with LoRA.")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for command in (run, sweep, sample, train, plan, score, registry, export, serve, resolve):
+    for command in (run, sweep, sample, train, plan, power, score, registry, export, serve, resolve):
         command.add_parser(subparsers)
     return parser
 

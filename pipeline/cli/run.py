@@ -60,6 +60,7 @@ def track(tracker, name: str, manifest: Manifest) -> None:
                     f"{bench}/delta": result.delta.value,
                     f"{bench}/delta_ci_low": result.delta.ci_low,
                     f"{bench}/delta_ci_high": result.delta.ci_high,
+                    **({f"{bench}/p_value": result.delta.p_value} if result.delta.p_value is not None else {}),
                 },
                 stage=name,
             )
@@ -119,7 +120,11 @@ def summary(run_dir: Path, done: list[tuple[str, Manifest]]) -> str:
             finished = bench.at_best(label).finish_rate
             lines.append(f"{name:<14}{label:<9}{best.pass_at_1:>8.4f}{best.temperature:>8g}{finished:>10.2f}")
         d = bench.delta
-        lines.append(f"{name:<14}{'delta':<9}{d.value:>+8.4f}   95% CI [{d.ci_low:+.4f}, {d.ci_high:+.4f}]")
+        test = f", p {d.p_value:.4f}" if d.p_value is not None else ""
+        where = f" on {d.problems} confirmation problems" if d.problems else ""
+        lines.append(
+            f"{name:<14}{'delta':<9}{d.value:>+8.4f}   95% CI [{d.ci_low:+.4f}, {d.ci_high:+.4f}]{test}{where}"
+        )
     lines.append("")
     verdict = f"PROMOTED as {decision.name}:{decision.version}" if decision.promoted else "not promoted"
     lines.append(f"decision: {verdict}")

@@ -47,6 +47,15 @@ def per_problem_pass1(rows: Iterable[dict]) -> dict[str, float]:
     return {task: sum(v) / len(v) for task, v in by_task.items()}
 
 
+def per_problem_finish(rows: Iterable[dict]) -> dict[str, float]:
+    """Each problem's share of samples that ended on a stop (not cut at ``max_tokens``): the
+    finish-rate difference is paired over problems like pass@1."""
+    by_task: dict[str, list[bool]] = {}
+    for row in rows:
+        by_task.setdefault(row["task_id"], []).append(row["finish_reason"] == "stop")
+    return {task: sum(v) / len(v) for task, v in by_task.items()}
+
+
 def summarize(rows: Sequence[dict], ks: Iterable[int] = (1,), problems: Iterable[dict] = ()) -> ModelSummary:
     """pass@k (mean over problems of the unbiased estimator; each k that every problem has
     enough samples for, 1 always), finish rate, mean length, and pass@1 per difficulty when the

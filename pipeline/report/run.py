@@ -11,9 +11,12 @@ open, so base and adapter entropy histograms side by side show whether that happ
 Every section degrades on its own: what a run did not record is reported as "not recorded"
 with the file that would hold it, so a partial or older run still gets a report.
 
-The uncertainty shown is the eval stage's: the paired 95% interval of the delta (same
-problems, same seeds, the recipe's ``bootstrap_resamples`` and ``bootstrap_seed``), read from
-``eval/metrics.json``. The report draws no bootstrap of its own: per-model intervals would
+The uncertainty shown is the eval stage's, read from ``eval/metrics.json``: on the
+confirmation part of the problems, the paired 95% interval of the delta (the inversion of the
+exact sign-flip test; same problems, same seeds) and the test's one-sided p-value. The
+"Statistics" section says how T_eval was chosen and on which problems, what the comparison can
+detect (smallest gain at 80% power), and warns when a guard cannot resolve its own margin.
+The report draws no bootstrap of its own: per-model intervals would
 carry the between-problem variance that pairing removes, and two overlapping bars would
 suggest "no difference" where the paired interval excludes 0.
 
@@ -132,7 +135,7 @@ def _pass1_section(metrics: EvalMetrics | None) -> Section:
         return section
     benches = list(metrics.benchmarks)
     section.table = Table(
-        ["benchmark", "base pass@1 (best T)", "adapter pass@1 (best T)", "delta", "95% CI", "resamples"]
+        ["benchmark", "base pass@1 (its T)", "adapter pass@1 (its T)", "delta", "95% CI", "p (one-sided)", "problems"]
     )
     fig = _figure(8.0, 3.2)
     left, right = fig.subplots(1, 2, width_ratios=[3, 2])
@@ -167,15 +170,63 @@ def _pass1_section(metrics: EvalMetrics | None) -> Section:
                 f"{num(adapter.pass_at_1)} (T={adapter.temperature:g})",
                 delta(d.value),
                 interval(d.ci_low, d.ci_high),
-                num(d.resamples, "d"),
+                num(d.p_value),
+                num(d.problems, "d"),
             ]
         )
     section.svg = _svg(fig)
     section.caption = (
-        "Left: pass@1 of each model at its own best T_eval. Right: the paired delta (adapter - base, same problems) "
-        "with the eval stage's 95% bootstrap interval; that interval, not two per-model ones, says whether the "
-        "adapter is better."
+        "Left: pass@1 of each model at its own T_eval, on the confirmation problems. Right: the paired delta "
+        "(adapter - base, same problems) with its 95% interval (inverted exact sign-flip test); that interval and the "
+        "test, not two per-model intervals, say whether the adapter is better."
     )
+    return section
+
+
+def _statistics_section(metrics: EvalMetrics | None) -> Section:
+    """How each verdict was reached and what it could have seen (README, "Statistics")."""
+    section = Section("Statistics")
+    if metrics is None:
+        section.text = [_NO_METRICS]
+        return section
+    for name, bench in metrics.benchmarks.items():
+        role = "target" if name == metrics.target else "guard"
+        protocol, sizing, finish = bench.protocol, bench.sizing, bench.finish
+        if protocol is None:
+            section.text.append(f"{name} ({role}): not recorded (metrics.json written before the protocol).")
+            continue
+        line = f"{name} ({role}): {protocol.decided_by}."
+        if protocol.selection is not None:
+            means = ", ".join(
+                f"{label} "
+                + " / ".join(f"{v:.4f} at T={t:g}" for t, v in sorted(getattr(protocol.selection, label).items()))
+                for label in MODELS
+            )
+            line += f" Selection part pass@1: {means}."
+        d = bench.delta
+        if d.p_value is not None:
+            how = "exact" if d.exact else f"{d.resamples} drawn assignments"
+            line += f" Exact paired test: {d.discordant} problems differ, one-sided p {num(d.p_value)} ({how})."
+        if d.bootstrap_low is not None:
+            line += f" Percentile bootstrap interval, for comparison: {interval(d.bootstrap_low, d.bootstrap_high)}."
+        if finish is not None and role == "target":
+            line += (
+                f" Finish rate change at the adapter's T={bench.adapter_best.temperature:g}, both models: "
+                f"{delta(finish.value)} {interval(finish.ci_low, finish.ci_high)}."
+            )
+        if sizing is not None:
+            line += (
+                f" Smallest change detected with {sizing.power:.0%} power: {sizing.detectable:.4f} "
+                f"({sizing.problems} problems x {sizing.n} samples, base pass@1 {sizing.pass_rate:.4f})."
+            )
+            if sizing.margin is not None:
+                line += f" A harmless adapter passes this guard with probability {sizing.harmless_pass:.2f}."
+                if not sizing.reaches_margin:
+                    line += (
+                        f" WARNING: this guard cannot detect its own threshold (max_regression {sizing.margin:g} "
+                        f"< {sizing.detectable:.4f}): evaluate more guard problems or samples, or widen the margin."
+                    )
+        section.text.append(line)
     return section
 
 
@@ -195,6 +246,7 @@ def _grid_section(metrics: EvalMetrics | None) -> Section:
         "adapter finish",
         "base tokens",
         "adapter tokens",
+        "finish change",
     ]
     has_pass5 = any(5 in row.model(m).pass_at for b in metrics.benchmarks.values() for row in b.grid for m in MODELS)
     section.table = Table(header + (["base pass@5", "adapter pass@5"] if has_pass5 else []))
@@ -217,11 +269,15 @@ def _grid_section(metrics: EvalMetrics | None) -> Section:
             cells += [num(s.pass1) for s in summaries]
             cells += [num(s.finish_rate, ".3f") for s in summaries]
             cells += [num(s.mean_completion_tokens, ".1f") for s in summaries]
+            cells.append(num(summaries[1].finish_rate - summaries[0].finish_rate, "+.3f"))
             if has_pass5:
                 cells += [num(s.pass_at.get(5)) for s in summaries]
             section.table.rows.append(cells)
     section.svg = _svg(fig)
-    section.caption = "pass@1 at each evaluation temperature; a star marks each model's best T_eval."
+    section.caption = (
+        "pass@1 at each evaluation temperature over all problems (descriptive: the verdict uses the confirmation "
+        "part); a star marks each model's T_eval. The finish change (adapter - base) is at the same T_eval."
+    )
     return section
 
 
@@ -415,6 +471,7 @@ def write_report(run_dir: Path | str) -> tuple[Path, Path]:
     sections = [
         _decision_section(run_dir),
         _pass1_section(metrics),
+        _statistics_section(metrics),
         _grid_section(metrics),
         _difficulty_section(metrics),
         _loss_section(run_dir, recipe),

@@ -1,11 +1,12 @@
 """The sweep report: ``sweep.md`` and ``sweep.html`` from ``sweep.json``, both from the same tables.
 
-Per benchmark: the base model at its best T_eval, the best point (its adapter at its own best T_eval
-against the base at its own, with the paired 95% interval the eval stage recorded), every point at
-every T_eval, and a heatmap of the deltas (rows: points, columns: T_eval); then each point's gate
-decision and wall time. ``build`` turns the sweep manifest into sections of text and
-``format.Table``s; the Markdown writer and the HTML template only lay those out, so the two files
-cannot disagree.
+Per benchmark: the base model at its T_eval, the best point (chosen on the selection part of the
+problems; its adapter at its own T_eval against the base at its own, on the confirmation part, with
+the paired 95% interval, the exact test's p-value and its Holm adjustment over the sweep's candidate
+points), every point at every T_eval, and a heatmap of the deltas (rows: points, columns: T_eval);
+then each point's gate decision (alone, and with the Holm-adjusted p-value) and wall time. ``build``
+turns the sweep manifest into sections of text and ``format.Table``s; the Markdown writer and the
+HTML template only lay those out, so the two files cannot disagree.
 
 A point's results in ``sweep.json`` hold, per benchmark, a flat row per T_eval and the eval stage's
 bests and delta (``PointBenchmark``, written by ``pipeline.sweep`` from the point's ``EvalMetrics``).
@@ -54,10 +55,18 @@ class PointBenchmark(BaseModel):
     base_best: Best
     adapter_best: Best
     delta: Delta
+    selection_pass1: float | None = Field(
+        None, description="the adapter's pass@1 at its T_eval on the selection part: what the best point is chosen on"
+    )
+    decided_by: str | None = None
 
     @classmethod
     def from_metrics(cls, bench: BenchmarkMetrics) -> PointBenchmark:
+        protocol = bench.protocol
+        selection = protocol.selection if protocol else None
         return cls(
+            selection_pass1=selection.adapter[bench.adapter_best.temperature] if selection else None,
+            decided_by=protocol.decided_by if protocol else None,
             grid=[
                 GridCell(
                     T_eval=row.temperature,
@@ -103,12 +112,17 @@ def _results(point: dict, bench: str) -> PointBenchmark | None:
     return PointBenchmark.model_validate(found) if found else None
 
 
-def best_point(points: list[dict], bench: str) -> dict | None:
-    """The point whose adapter, at its own best T_eval, has the highest pass@1 on ``bench`` (ties: the first)."""
+def best_point(points: list[dict], bench: str) -> tuple[dict, bool] | None:
+    """The point whose adapter has the highest pass@1 on ``bench`` on the selection part (ties: the
+    first), and True; choosing on the confirmation numbers instead would make the best point's delta
+    the maximum of several noisy ones. Points recorded before the split have no selection part:
+    then the highest adapter pass@1 at its T_eval, and False (an exploratory choice)."""
     scored = [(p, r) for p in points if (r := _results(p, bench)) is not None]
     if not scored:
         return None
-    return max(scored, key=lambda pr: pr[1].adapter_best.pass_at_1)[0]
+    held_out = all(r.selection_pass1 is not None for _, r in scored)
+    key = (lambda pr: pr[1].selection_pass1) if held_out else (lambda pr: pr[1].adapter_best.pass_at_1)
+    return max(scored, key=key)[0], held_out
 
 
 def heat_color(value: float | None, scale: float) -> str:
@@ -194,18 +208,28 @@ def _benchmark_part(bench: str, points: list[dict], temps: list[float]) -> Part:
         text.append(
             f"Base model at its best T_eval: pass@1 {num(base_best.pass_at_1)} at T_eval {base_best.temperature:g}."
         )
-    top = best_point(points, bench)
-    if top is not None:
+    found = best_point(points, bench)
+    if found is not None:
+        top, held_out = found
         r = _results(top, bench)
         d = r.delta
         settings = f"T_train {top['T_train']:g}, top-k {_topk(top['top_k'])}, top-p {top['top_p']:g}"
+        chosen = (
+            f"chosen on the selection part (adapter pass@1 there {num(r.selection_pass1)})"
+            if held_out
+            else "chosen on the same problems it is judged on (no selection part recorded): exploratory"
+        )
+        holm = ((top.get("results") or {}).get("holm") or {}).get("p_adjusted")
+        test = f"; one-sided p {num(d.p_value)}, Holm-adjusted {num(holm)}" if d.p_value is not None else ""
         text.append(
-            f"Best point: **{top['name']}** ({settings}): "
+            f"Best point: **{top['name']}** ({settings}), {chosen}: "
             f"adapter pass@1 {num(r.adapter_best.pass_at_1)} at T_eval {r.adapter_best.temperature:g} vs base "
             f"{num(r.base_best.pass_at_1)} at T_eval {r.base_best.temperature:g}: delta {delta(d.value)}, "
-            f"95% CI {interval(d.ci_low, d.ci_high)} (lower bound {'above 0' if d.ci_low > 0 else 'not above 0'}; "
-            "each model at its own best T_eval)."
+            f"95% CI {interval(d.ci_low, d.ci_high)} (lower bound {'above 0' if d.ci_low > 0 else 'not above 0'}"
+            f"{test})."
         )
+        if r.decided_by:
+            text.append(f"Protocol: {r.decided_by}.")
     return Part(bench, text, [(EVERY_POINT, every), (HEATMAP, heat)])
 
 
@@ -221,13 +245,25 @@ def build(manifest: dict) -> SweepView:
         f"Status: {manifest['status']} ({complete} of {len(points)} points complete).",
     ]
     parts = [_benchmark_part(bench, points, temps) for bench in benches]
-    gate = Table(["point", "promoted", "reasons"], text_columns=3)
+    gate = Table(["point", "promoted", "with Holm", "p", "Holm p", "reasons"], text_columns=6)
     wall = Table(["point", "sample", "train", "eval", "shared from an earlier point"])
     for p in points:
         results = p.get("results") or {}
         decision = Decision.model_validate(results["decision"]) if results.get("decision") else None
         promoted = "-" if decision is None else ("yes" if decision.promoted else "no")
-        gate.rows.append([p["name"], promoted, "; ".join(decision.reasons if decision else []) or "-"])
+        target = _results(p, benches[0])
+        holm = results.get("holm") or {}
+        with_holm = "-" if not holm else ("yes" if holm["promoted"] else "no")
+        gate.rows.append(
+            [
+                p["name"],
+                promoted,
+                with_holm,
+                num(target.delta.p_value if target else None),
+                num(holm.get("p_adjusted")),
+                "; ".join(decision.reasons if decision else []) or "-",
+            ]
+        )
         w = results.get("wall_s", {})
         shared = ", ".join(f"{stage}: {donor}" for stage, donor in results.get("shared", {}).items()) or "-"
         wall.rows.append(

@@ -4,9 +4,9 @@ For every benchmark (the first is the gate's target, the rest are guards), every
 of the T_eval grid, and both models, samples are generated with vLLM and each program runs in
 the sandbox. Both models get the same prompts, decoding and per-problem seeds (paired).
 
-Fair comparison: each model is reported at its own best T_eval (the paper tuned the base's
-decoding too), and the delta between the two bests comes with a paired bootstrap 95% CI over
-problems.
+Fair comparison: each model at its own T_eval (the paper tuned the base's decoding too), chosen
+on a selection part of the problems and judged on the rest, with an exact paired test and its
+95% interval (``pipeline/evaluation/compare.py``; README, "Statistics").
 
 Serving the adapter: ``LoRARequest`` on one LoRA-enabled engine, after a check that vLLM's
 adapter output differs from its base output wherever PEFT's does in transformers (vLLM has
@@ -31,10 +31,9 @@ from typing import Any
 from tqdm import tqdm
 
 from pipeline import artifacts, generation, models, runs
-from pipeline.artifacts import BenchmarkMetrics, Best, Delta, EvalMetrics, GridRow, Label
-from pipeline.evaluation import stats
+from pipeline.artifacts import EvalMetrics, Label
+from pipeline.evaluation import compare
 from pipeline.evaluation.benchmarks import Benchmark, load_benchmark
-from pipeline.evaluation.metrics import per_problem_pass1, summarize
 from pipeline.evaluation.score import score_samples
 from pipeline.recipe import EngineConfig, Recipe
 
@@ -57,6 +56,11 @@ NOT_IN_BASE_KEY = {
     "adapter_serving",
     "bootstrap_resamples",
     "bootstrap_seed",
+    "permutation_resamples",
+    "selection_fraction",
+    "split_seed",
+    "t_eval",
+    "always_split",
     "k",
     "n",
     "limit",
@@ -127,11 +131,14 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
         counts[f"{label}_s"] = round(time.time() - clock, 2)
         counts[f"{label}_problems_generated"] = generated
 
+    per_bench = {
+        b.name: {(t, label): rows[b.name, t, label] for t in b.temperatures for label in LABELS} for b in benches
+    }
     metrics = EvalMetrics(
         target=cfg.benchmarks[0],
         adapter_serving=adapter.serving,
         merge_check=adapter.merge_check,
-        benchmarks={bench.name: benchmark_metrics(recipe, bench, rows) for bench in benches},
+        benchmarks={bench.name: compare.benchmark_metrics(recipe, bench, per_bench[bench.name]) for bench in benches},
     )
     metrics.save(eval_dir / "metrics.json")
     return artifacts.write_manifest(
@@ -258,53 +265,6 @@ def execute(recipe: Recipe, problems: list[dict], samples: list[dict], desc: str
         desc=desc,
     )
     return scored
-
-
-def benchmark_metrics(recipe: Recipe, bench: Benchmark, rows: dict[Cell, list[dict]]) -> BenchmarkMetrics:
-    """Both models on every temperature of the grid, each one's best temperature, and the paired
-    delta between the two bests with its bootstrap interval."""
-    cfg = recipe.evaluation
-    scores = {(t, label): per_problem_pass1(rows[bench.name, t, label]) for t in bench.temperatures for label in LABELS}
-    grid = []
-    for t in bench.temperatures:
-        ci = stats.paired_bootstrap(
-            scores[t, "base"], scores[t, "adapter"], resamples=cfg.bootstrap_resamples, seed=cfg.bootstrap_seed
-        )
-        grid.append(
-            GridRow(
-                temperature=t,
-                base=summarize(rows[bench.name, t, "base"], cfg.k, bench.problems),
-                adapter=summarize(rows[bench.name, t, "adapter"], cfg.k, bench.problems),
-                delta=Delta(value=ci.mean_delta, ci_low=ci.low, ci_high=ci.high),
-            )
-        )
-    best = {label: stats.best_temperature({t: scores[t, label] for t in bench.temperatures}) for label in LABELS}
-    ci = stats.paired_bootstrap(
-        scores[best["base"].temperature, "base"],
-        scores[best["adapter"].temperature, "adapter"],
-        resamples=cfg.bootstrap_resamples,
-        seed=cfg.bootstrap_seed,
-    )
-    first = bench.temperatures[0]
-    same_t = zip(rows[bench.name, first, "base"], rows[bench.name, first, "adapter"], strict=True)
-    log.info(
-        "eval %s: pass@1 base %.4f (T=%g) adapter %.4f (T=%g) delta %+.4f [%+.4f, %+.4f]",
-        bench.name,
-        best["base"].mean,
-        best["base"].temperature,
-        best["adapter"].mean,
-        best["adapter"].temperature,
-        ci.mean_delta,
-        ci.low,
-        ci.high,
-    )
-    return BenchmarkMetrics(
-        grid=grid,
-        base_best=Best(temperature=best["base"].temperature, pass_at_1=best["base"].mean),
-        adapter_best=Best(temperature=best["adapter"].temperature, pass_at_1=best["adapter"].mean),
-        delta=Delta(value=ci.mean_delta, ci_low=ci.low, ci_high=ci.high, resamples=ci.resamples, seed=ci.seed),
-        identical_completions=sum(a["completion"] == b["completion"] for a, b in same_t),
-    )
 
 
 def entropy(top_logprobs: dict) -> float:

@@ -211,7 +211,8 @@ def test_report_table_heatmap_and_best_point_from_constructed_results(tmp_path):
     assert "| temperature-1.6 | 1.6 | +0.0300 | +0.0700 | +0.0200 |" in heat
     assert "| temperature-2.0 | 2 | - | - | - |" in heat  # a failed point is shown, empty
     assert "| base pass@1 | | 0.1000 | 0.1100 | 0.1200 |" in heat
-    assert "| temperature-1.6 | yes | reason-temperature-1.6 |" in md
+    assert "| temperature-1.6 | yes | - | - | - | reason-temperature-1.6 |" in md  # no p-values recorded then
+    assert "no selection part recorded): exploratory" in md
     # the HTML heatmap colours the cells: the biggest gain is the greenest, losses are red
     assert page.count('class="heat"') == 4 * 3
     assert 'style="background:#4baf4b">+0.0700' in page
@@ -326,7 +327,7 @@ def test_point_results_come_from_the_typed_manifests(tmp_path):
     md = sweep.write_reports(tmp_path, manifest)[0].read_text()
     assert "Base model at its best T_eval: pass@1 0.3000 at T_eval 0.2." in md
     assert "delta +0.2000, 95% CI [+0.0500, +0.3500] (lower bound above 0" in md
-    assert "| p | yes | pass: it is better |" in md and "| p | 3 | - | 1 | sample: other |" in md
+    assert "| p | yes | - | - | - | pass: it is better |" in md and "| p | 3 | - | 1 | sample: other |" in md
 
 
 # --- a real sweep on the tiny model ---------------------------------------------------------

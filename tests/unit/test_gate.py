@@ -22,8 +22,14 @@ def _summary(pass1: float, finish_rate: float = 0.95) -> dict:
     }
 
 
-def _bench(grid: dict[float, tuple[float, float]], delta_ci: tuple[float, float] = (0.01, 0.05), finish=None) -> dict:
-    """A benchmark entry as metrics.json holds it, from {T: (base pass@1, adapter pass@1)}."""
+def _bench(
+    grid: dict[float, tuple[float, float]],
+    delta_ci: tuple[float, float] = (0.01, 0.05),
+    finish=None,
+    p_value: float = 0.01,
+) -> dict:
+    """A benchmark entry as metrics.json holds it, from {T: (base pass@1, adapter pass@1)}; each
+    model's T_eval is its best in the grid and the confirmation numbers are the grid's."""
     finish = finish or {}
     rows = [
         {
@@ -37,6 +43,7 @@ def _bench(grid: dict[float, tuple[float, float]], delta_ci: tuple[float, float]
     base_t = max(grid, key=lambda t: grid[t][0])
     adapter_t = max(grid, key=lambda t: grid[t][1])
     base_best, adapter_best = grid[base_t][0], grid[adapter_t][1]
+    finish_change = finish.get(("adapter", adapter_t), 0.95) - finish.get(("base", adapter_t), 0.95)
     return {
         "grid": rows,
         "base_best": {"temperature": base_t, "pass@1": base_best},
@@ -45,10 +52,20 @@ def _bench(grid: dict[float, tuple[float, float]], delta_ci: tuple[float, float]
             "value": adapter_best - base_best,
             "ci_low": delta_ci[0],
             "ci_high": delta_ci[1],
-            "resamples": 10000,
+            "resamples": 20000,
             "seed": 0,
+            "problems": 115,
+            "p_value": p_value,
+            "discordant": 12,
+            "exact": True,
         },
         "identical_completions": 0,
+        "finish": {
+            "value": finish_change,
+            "ci_low": finish_change - 0.03,
+            "ci_high": finish_change + 0.03,
+            "problems": 115,
+        },
     }
 
 
@@ -60,7 +77,7 @@ def _layout(**overrides) -> dict:
         "merge_check": None,
         "benchmarks": {
             "humaneval": _bench({0.7: (0.30, 0.33), 1.0: (0.28, 0.36)}, delta_ci=(0.01, 0.11)),
-            "mbpp": _bench({0.7: (0.40, 0.40), 1.0: (0.38, 0.39)}, delta_ci=(-0.03, 0.03)),
+            "mbpp": _bench({0.7: (0.40, 0.40), 1.0: (0.38, 0.39)}, delta_ci=(-0.015, 0.03)),
         },
     }
     metrics["benchmarks"].update(overrides)
@@ -84,7 +101,7 @@ def _reason(decision: Decision, needle: str) -> str:
 def test_all_rules_pass_and_each_gives_a_reason():
     decision = decide(_metrics(), GUARDED)
     assert decision.promoted
-    assert len(decision.reasons) == 4
+    assert len(decision.reasons) == 5
     assert all(r.startswith("pass: ") for r in decision.reasons)
     delta = _reason(decision, "pass@1 delta")
     # each model at its own best temperature: base 0.30 at T=0.7, adapter 0.36 at T=1
@@ -116,19 +133,77 @@ def test_ci_rule():
     assert decide(metrics, PromotionConfig(guards=[], min_ci_lower=-0.02)).promoted
 
 
-def test_guard_rule():
-    regressed = _metrics(mbpp=_bench({0.7: (0.40, 0.36), 1.0: (0.38, 0.37)}))
+def test_guard_rule_is_non_inferiority():
+    """A guard passes only when the lower bound of its paired delta is above -max_regression."""
+    regressed = _metrics(mbpp=_bench({0.7: (0.40, 0.36), 1.0: (0.38, 0.37)}, delta_ci=(-0.07, -0.01)))
     decision = decide(regressed, GUARDED)
     assert not decision.promoted
     guard = _reason(decision, "guard mbpp")
-    assert guard.startswith("FAIL") and "drop +0.0300 > max_regression 0.02" in guard
-    assert decide(regressed, PromotionConfig(guards=["mbpp"], max_regression=0.03)).promoted
+    assert (
+        guard.startswith("FAIL")
+        and "95% CI [-0.0700, -0.0100], lower bound is not above -max_regression -0.02" in guard
+    )
+    assert decide(regressed, PromotionConfig(guards=["mbpp"], max_regression=0.08)).promoted
+    # no drop at all, but a guard too noisy to rule out a drop of the margin: not shown non-inferior
+    noisy = _metrics(mbpp=_bench({0.7: (0.40, 0.40)}, delta_ci=(-0.05, 0.05)))
+    assert _reason(decide(noisy, GUARDED), "guard mbpp").startswith("FAIL")
+    # a small, precisely measured drop inside the margin passes (the old point-estimate rule would too)
+    small = _metrics(mbpp=_bench({0.7: (0.40, 0.39)}, delta_ci=(-0.015, -0.005)))
+    assert _reason(decide(small, GUARDED), "guard mbpp").startswith("pass")
     # without guards the regression is not looked at, and the reason says so
     unguarded = decide(regressed, UNGUARDED)
     assert unguarded.promoted and "promotion.guards is empty" in _reason(unguarded, "guard")
     # benchmark names may contain dots
-    dotted = decide(_metrics(**{"mbpp.plus": _bench({0.7: (0.40, 0.36)})}), PromotionConfig(guards=["mbpp.plus"]))
-    assert "drop +0.0400 > max_regression" in _reason(dotted, "guard mbpp.plus pass@1")
+    dotted = decide(
+        _metrics(**{"mbpp.plus": _bench({0.7: (0.40, 0.36)}, delta_ci=(-0.08, 0.0))}),
+        PromotionConfig(guards=["mbpp.plus"]),
+    )
+    assert "lower bound is not above -max_regression" in _reason(dotted, "guard mbpp.plus pass@1")
+
+
+def test_guard_that_cannot_resolve_its_margin_says_so():
+    layout = _bench({0.7: (0.40, 0.40)}, delta_ci=(-0.12, 0.12))
+    layout["sizing"] = {
+        "problems": 100,
+        "n": 1,
+        "pass_rate": 0.4,
+        "sd": 0.69,
+        "level": 0.025,
+        "power": 0.8,
+        "detectable": 0.19,
+        "margin": 0.02,
+        "harmless_pass": 0.05,
+        "reaches_margin": False,
+    }
+    guard = _reason(decide(_metrics(mbpp=layout), GUARDED), "guard mbpp")
+    assert guard.startswith("FAIL") and "cannot resolve its margin (smallest detectable change 0.1900)" in guard
+
+
+def test_test_rule_needs_p_at_most_alpha():
+    weak = _metrics(humaneval=_bench({0.7: (0.30, 0.33)}, delta_ci=(0.001, 0.06), p_value=0.0625))
+    decision = decide(weak, UNGUARDED)
+    assert not decision.promoted and _reason(decision, "delta CI").startswith("pass")
+    test = _reason(decision, "sign-flip")
+    assert (
+        test.startswith("FAIL") and "one-sided p = 0.0625 > alpha 0.05" in test and "12 problems differ, exact" in test
+    )
+    assert decide(weak, PromotionConfig(guards=[], alpha=0.1)).promoted
+    # a sweep judges by its Holm-adjusted p-value
+    strong = _metrics()
+    assert decide(strong, GUARDED).promoted
+    adjusted = decide(strong, GUARDED, p_value=0.06)
+    assert not adjusted.promoted and "Holm-adjusted one-sided p = 0.0600 > alpha" in _reason(adjusted, "sign-flip")
+
+
+def test_metrics_written_before_the_protocol_fail_closed():
+    layout = _layout()
+    for key in ("p_value", "discordant", "exact", "problems"):
+        del layout["benchmarks"]["humaneval"]["delta"][key]
+    del layout["benchmarks"]["humaneval"]["finish"]
+    decision = decide(EvalMetrics.model_validate(layout), GUARDED)
+    assert not decision.promoted
+    assert "no p-value" in _reason(decision, "p-value") and "rerun the eval stage" in _reason(decision, "p-value")
+    assert "no paired finish rate" in _reason(decision, "finish rate")
 
 
 def test_guard_that_was_not_evaluated_fails_closed():
@@ -139,15 +214,22 @@ def test_guard_that_was_not_evaluated_fails_closed():
     assert _reason(decision, "guard mbpp").startswith("pass")
 
 
-def test_finish_rate_rule_uses_each_models_best_temperature():
-    # adapter is best at T=1.0 where it finishes only 85% of answers; base finishes 95% at its best T=0.7
+def test_finish_rate_rule_compares_both_models_at_the_adapters_temperature():
+    # adapter best at T=1.0, where it finishes 85% of answers and the base 95%: a 10-point drop
     bench = _bench({0.7: (0.30, 0.33), 1.0: (0.28, 0.36)}, delta_ci=(0.01, 0.11), finish={("adapter", 1.0): 0.85})
     decision = decide(_metrics(humaneval=bench), UNGUARDED)
     assert not decision.promoted
     rate = _reason(decision, "finish rate")
-    assert rate.startswith("FAIL") and "0.950 (base, T=0.7) -> 0.850 (adapter, T=1)" in rate
+    assert rate.startswith("FAIL") and "at the adapter's T=1, both models: drop +0.100" in rate
     assert decide(_metrics(humaneval=bench), PromotionConfig(guards=[], max_finish_rate_drop=0.1)).promoted
-    # a poor finish rate at a temperature that is nobody's best does not matter
+    # the base finishing poorly at its own best T does not excuse the adapter at another: only T=1.0 counts
+    hidden = _bench(
+        {0.7: (0.30, 0.33), 1.0: (0.28, 0.36)},
+        delta_ci=(0.01, 0.11),
+        finish={("base", 0.7): 0.80, ("base", 1.0): 0.97, ("adapter", 1.0): 0.86},
+    )
+    assert _reason(decide(_metrics(humaneval=hidden), UNGUARDED), "finish rate").startswith("FAIL")
+    # a poor finish rate at a temperature that is not the adapter's does not matter
     other = _bench({0.7: (0.30, 0.33), 1.0: (0.28, 0.36)}, delta_ci=(0.01, 0.11), finish={("adapter", 0.7): 0.5})
     assert decide(_metrics(humaneval=other), UNGUARDED).promoted
 
@@ -160,7 +242,7 @@ def test_disabled_promotion_is_a_rule_of_the_gate():
 
 def test_default_guards_are_the_evaluated_benchmarks_after_the_target():
     """promotion.guards: null means every benchmark in metrics.json other than the target."""
-    regressed = _metrics(mbpp=_bench({0.7: (0.40, 0.30)}))
+    regressed = _metrics(mbpp=_bench({0.7: (0.40, 0.30)}, delta_ci=(-0.15, -0.05)))
     default = Recipe.model_validate({"evaluation": {"benchmarks": ["humaneval", "mbpp"]}}).promotion
     assert default.guards is None
     decision = decide(regressed, default)

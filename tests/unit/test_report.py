@@ -29,6 +29,10 @@ from pathlib import Path
 import pytest
 
 from pipeline import artifacts, runs
+from pipeline.artifacts import EvalMetrics
+from pipeline.evaluation import compare
+from pipeline.evaluation.benchmarks import Benchmark
+from pipeline.recipe import Recipe
 from pipeline.report.run import PLOT_IDS, write_report
 
 TEMPS = (0.7, 1.0, 1.3)
@@ -69,31 +73,15 @@ def _rows(rng: random.Random, problems: int, p: float, entropy: tuple[float, flo
     return rows
 
 
-def _summary(rows: list[dict], difficulty: bool) -> dict:
-    summary = {
-        "pass@1": sum(r["passed"] for r in rows) / len(rows),
-        "problems": len(rows),
-        "samples": len(rows),
-        "passed_samples": sum(r["passed"] for r in rows),
-        "finish_rate": sum(r["finish_reason"] == "stop" for r in rows) / len(rows),
-        "mean_completion_tokens": sum(r["completion_tokens"] for r in rows) / len(rows),
-    }
-    if difficulty:
-        levels = {"easy": rows[: len(rows) // 2], "hard": rows[len(rows) // 2 :]}
-        summary["per_difficulty"] = {
-            k: {"pass@1": sum(r["passed"] for r in v) / len(v), "problems": len(v)} for k, v in levels.items()
-        }
-    return summary
-
-
 def _make_run(run_dir: Path, *, entropies: bool = True, difficulty: bool = True) -> Path:
-    """A finished run's files as the stages write them, with plausible numbers."""
+    """A finished run's files as the stages write them, with plausible numbers; metrics.json is
+    computed from the sample rows by the eval stage's own comparison (``compare.benchmark_metrics``)."""
     rng = random.Random(7)
+    recipe = Recipe(evaluation={"benchmarks": ["humaneval", "mbpp"], "temperatures": list(TEMPS)})
     benchmarks = {}
     for bench, problems, entropy_bench in (("humaneval", 40, True), ("mbpp", 30, False)):
-        grid = []
+        rows = {}
         for t in TEMPS:
-            row = {"temperature": t}
             for model, p, ent in (
                 ("base", 0.3 - 0.1 * (t - 0.7), (0.5, 1.0)),
                 ("adapter", 0.3 + 0.1 * (t - 0.7), (0.75, 1.2)),
@@ -102,25 +90,13 @@ def _make_run(run_dir: Path, *, entropies: bool = True, difficulty: bool = True)
                 path = run_dir / "eval" / bench / f"{model}-T{t}.jsonl"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_text("".join(json.dumps(r) + "\n" for r in sample_rows))
-                row[model] = _summary(sample_rows, difficulty and bench == "humaneval")
-            grid.append(row)
-        best = {m: max(grid, key=lambda r: r[m]["pass@1"]) for m in ("base", "adapter")}
-        delta = best["adapter"]["adapter"]["pass@1"] - best["base"]["base"]["pass@1"]
-        benchmarks[bench] = {
-            "grid": grid,
-            "base_best": {"temperature": best["base"]["temperature"], "pass@1": best["base"]["base"]["pass@1"]},
-            "adapter_best": {
-                "temperature": best["adapter"]["temperature"],
-                "pass@1": best["adapter"]["adapter"]["pass@1"],
-            },
-            "delta": {"value": delta, "ci_low": delta - 0.08, "ci_high": delta + 0.08, "resamples": 10000, "seed": 0},
-            "identical_completions": 0,
-        }
-        for row in grid:
-            d = row["adapter"]["pass@1"] - row["base"]["pass@1"]
-            row["delta"] = {"value": d, "ci_low": d - 0.1, "ci_high": d + 0.1}
-    (run_dir / "eval" / "metrics.json").write_text(
-        json.dumps({"target": "humaneval", "benchmarks": benchmarks, "adapter_serving": "lora"})
+                rows[t, model] = sample_rows
+        levels = ("easy", "hard") if difficulty and bench == "humaneval" else (None, None)
+        tasks = [{"task_id": f"HumanEval/{i}", "difficulty": levels[2 * i // problems]} for i in range(problems)]
+        spec = Benchmark(name=bench, problems=tasks, temperatures=list(TEMPS), n=1, limit=None)
+        benchmarks[bench] = compare.benchmark_metrics(recipe, spec, rows)
+    EvalMetrics(target="humaneval", adapter_serving="lora", benchmarks=benchmarks).save(
+        run_dir / "eval" / "metrics.json"
     )
     losses = [2.5 * math.exp(-i / 15) + 0.4 + 0.05 * rng.random() for i in range(60)]
     artifacts.Manifest(
@@ -170,6 +146,13 @@ def test_report_files(tmp_path):
     assert f"| humaneval (target) | {he['base_best']['pass@1']:.4f} (T={he['base_best']['temperature']:g}) |" in md
     assert "| humaneval | easy |" in md and "60 logged steps" in md and "1 cut at max_tokens" in md
     assert "| 0.7 | base |" in md and "locks (< 0.1)" in md  # entropy summary per T
+    # the statistics: which problems decided, the test, the sizing, and a guard too small for its margin
+    stats = md.split("## Statistics")[1].split("##")[0]
+    assert "humaneval (target): T_eval chosen per model on the selection part (12 problems)" in stats
+    assert "on the confirmation part (28 problems)" in stats and "Exact paired test:" in stats
+    assert "Smallest change detected with 80% power" in stats and "Finish rate change at the adapter's T=" in stats
+    assert "mbpp (guard)" in stats and "WARNING: this guard cannot detect its own threshold" in stats
+    assert f"| {he['delta']['p_value']:.4f} | {he['delta']['problems']} |" in md
     page = html_path.read_text()
     assert page.count('class="plot"') == len(PLOT_IDS) and "not recorded" not in page
     assert "http://" not in page and "https://" not in page  # self-contained: nothing to fetch
