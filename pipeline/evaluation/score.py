@@ -13,7 +13,7 @@ Task ids: HumanEval ``HumanEval/<n>``; MBPP ``mbpp/<id>`` or the bare MBPP id (`
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from tqdm import tqdm
@@ -22,7 +22,7 @@ from pipeline import runs
 from pipeline.evaluation import benchmarks
 from pipeline.evaluation.extract import STYLES
 from pipeline.evaluation.metrics import per_problem_pass_at_k
-from pipeline.evaluation.sandbox import execute_many
+from pipeline.evaluation.sandbox import Verdict, execute_many
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +63,39 @@ def read_samples(path: str | Path, problems: Sequence[dict]) -> list[dict]:
     return rows
 
 
-class _Programs(Sequence[str]):
-    """Checker programs built when a sandbox worker takes them, not all up front: LiveCodeBench
-    programs embed every test case (megabytes for some problems), and n samples x problems of
-    them at once could take gigabytes."""
+class _Lazy(Sequence):
+    """Programs (or their stdin) built when a sandbox worker takes them, not all up front:
+    LiveCodeBench programs embed every test input (megabytes for some problems), and n samples
+    x problems of them at once could take gigabytes."""
 
-    def __init__(self, rows: Sequence[dict], by_id: dict[str, dict], style: str, timeout_s: float) -> None:
-        self._rows, self._by_id, self._style, self._timeout_s = rows, by_id, style, timeout_s
+    def __init__(self, build: Callable[[dict, str], str | None], cases: Sequence[tuple[dict, str]]) -> None:
+        self._build, self._cases = build, cases
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self._cases)
 
-    def __getitem__(self, index: int) -> str:
-        row = self._rows[index]
-        return benchmarks.program(self._by_id[row["task_id"]], row["completion"], self._style, self._timeout_s)
+    def __getitem__(self, index: int) -> str | None:
+        return self._build(*self._cases[index])
+
+
+def verdicts(
+    cases: Sequence[tuple[dict, str]],
+    *,
+    style: str = "base",
+    timeout_s: float = 10.0,
+    workers: int = 2,
+    on_done: Callable[[], None] | None = None,
+) -> list[Verdict]:
+    """One verdict per (problem, completion): sandboxed runs, then each benchmark's judge."""
+    verdicts = execute_many(
+        _Lazy(lambda p, c: benchmarks.program(p, c, style, timeout_s), cases),
+        stdin=_Lazy(lambda p, c: benchmarks.program_input(p, c, style), cases),
+        timeout_s=[benchmarks.wall_timeout(problem, timeout_s) for problem, _ in cases],
+        workers=workers,
+        module_name=benchmarks.MODULE_NAME,
+        on_done=on_done,
+    )
+    return [benchmarks.judge(problem, v, timeout_s) for (problem, _), v in zip(cases, verdicts, strict=True)]
 
 
 def _result(verdict_status: str, detail: str) -> str:
@@ -115,18 +134,19 @@ def score_samples(
     if style == "base" and sum("```" in r["completion"] for r in rows) > len(rows) / 2:
         log.warning("score: most completions hold ``` code fences but style is 'base'; chat answers need style='chat'")
     with tqdm(total=len(rows), desc=desc, unit="prog", disable=len(rows) < 8) as bar:
-        verdicts = execute_many(
-            _Programs(rows, by_id, style, timeout_s),
-            timeout_s=[benchmarks.wall_timeout(by_id[r["task_id"]], timeout_s) for r in rows],
+        results = verdicts(
+            [(by_id[r["task_id"]], r["completion"]) for r in rows],
+            style=style,
+            timeout_s=timeout_s,
             workers=workers,
-            module_name=benchmarks.MODULE_NAME,
             on_done=lambda: bar.update(1),
         )
     scored = []
-    for row, verdict in zip(rows, verdicts, strict=True):
+    for row, verdict in zip(rows, results, strict=True):
         problem = by_id[row["task_id"]]
         extra = {"difficulty": problem["difficulty"]} if "difficulty" in problem else {}
-        scored.append({**row, **extra, **verdict.to_dict(), "result": _result(verdict.status, verdict.detail)})
+        outcome = {"passed": verdict.passed, "status": verdict.status, "detail": verdict.detail}
+        scored.append({**row, **extra, **outcome, "result": _result(verdict.status, verdict.detail)})
     pass_at = {}
     for k in ks:
         per_problem = per_problem_pass_at_k(scored, k)

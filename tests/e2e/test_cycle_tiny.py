@@ -9,8 +9,7 @@ import pytest
 from conftest import ROOT, ssd
 
 from pipeline import models
-from pipeline.evaluation import benchmarks
-from pipeline.evaluation.sandbox import execute_many
+from pipeline.evaluation import benchmarks, score
 from pipeline.recipe import load_recipe
 from pipeline.runs import read_jsonl
 
@@ -106,12 +105,7 @@ def test_pass_at_1_comes_from_real_executions(cycle):
     for label in ("base", "adapter"):
         rows = _eval_rows(cycle, label)
         assert len(rows) == cycle["recipe"].evaluation.limit
-        again = execute_many(
-            [benchmarks.program(problems[r["task_id"]], r["completion"]) for r in rows],
-            timeout_s=5,
-            workers=2,
-            module_name=benchmarks.MODULE_NAME,
-        )
+        again = score.verdicts([(problems[r["task_id"]], r["completion"]) for r in rows], timeout_s=5, workers=2)
         assert [v.passed for v in again] == [r["passed"] for r in rows]
         assert all(r["status"] in ("passed", "failed", "timeout") for r in rows)
         assert bench["grid"][0][label]["pass@1"] == pytest.approx(sum(r["passed"] for r in rows) / len(rows))

