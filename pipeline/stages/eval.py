@@ -35,6 +35,7 @@ from pipeline.artifacts import BenchmarkMetrics, Best, Delta, EvalMetrics, GridR
 from pipeline.evaluation import stats
 from pipeline.evaluation.benchmarks import Benchmark, load_benchmark
 from pipeline.evaluation.metrics import per_problem_pass1, summarize
+from pipeline.evaluation.sandbox import require_isolation
 from pipeline.evaluation.score import score_samples
 from pipeline.recipe import EngineConfig, Recipe
 
@@ -94,6 +95,8 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
         log.info("eval: reusing %s (inputs unchanged)", eval_dir / "metrics.json")
         return manifest
 
+    if cfg.require_isolation:
+        require_isolation()
     benches = [load_benchmark(recipe, name) for name in cfg.benchmarks]
     model_path = models.resolve(recipe.model.id)
     mode = serving_mode(recipe, model_path)

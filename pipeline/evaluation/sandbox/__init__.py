@@ -5,6 +5,24 @@ Standard library only below here: this package must run with nothing of the proj
 into the processes that hold a candidate program.
 """
 
-from pipeline.evaluation.sandbox.server import Verdict, execute, execute_many
+from pipeline.evaluation.sandbox.server import (
+    IsolationUnavailable,
+    Layers,
+    Verdict,
+    execute,
+    execute_many,
+    layers,
+    remove_tree,
+    require_isolation,
+)
 
-__all__ = ["Verdict", "execute", "execute_many"]
+__all__ = [
+    "IsolationUnavailable",
+    "Layers",
+    "Verdict",
+    "execute",
+    "execute_many",
+    "layers",
+    "remove_tree",
+    "require_isolation",
+]
