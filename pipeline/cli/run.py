@@ -13,8 +13,8 @@ import time
 from pathlib import Path
 
 from pipeline.artifacts import Manifest
-from pipeline.evaluation.sandbox import require_isolation
 from pipeline.cli import EXIT_FAILED, EXIT_NOT_PROMOTED, EXIT_OK, load, log, recipe_text, run_dir_of, setup_logging
+from pipeline.evaluation.sandbox import require_isolation
 from pipeline.recipe import Recipe
 from pipeline.runs import STAGES, RunBusyError, atomic_write_text, force_from, run_lock
 

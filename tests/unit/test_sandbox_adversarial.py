@@ -230,7 +230,8 @@ with ThreadPoolExecutor(8) as pool:
 
 @needs("uid")
 def test_one_program_holding_many_children_leaves_the_process_limit_to_the_others(humaneval):
-    hog = "import os, time\nfor _ in range(60):\n    if os.fork() == 0:\n        time.sleep(8)\n        os._exit(0)\ntime.sleep(8)\n"
+    hog = "import os, time\nfor _ in range(60):\n    if os.fork() == 0:\n        time.sleep(8)\n        os._exit(0)\n"
+    hog += "time.sleep(8)\n"
     threaded = [program + THREADS for program in canonical(humaneval[:30])]
     verdicts = run([hog] + threaded, timeout_s=15)
     assert verdicts[0].passed, verdicts[0].detail  # 61 processes fit one program's own limit

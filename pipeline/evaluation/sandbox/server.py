@@ -104,7 +104,8 @@ class Layers:
         return not {"uid", "pid_namespace", "mount_namespace"} & set(self.off)
 
     def describe(self) -> str:
-        text = f"programs run under {self.python} (Python {self.python_version}); layers on: {', '.join(self.on) or 'none'}"
+        text = f"programs run under {self.python} (Python {self.python_version}); "
+        text += f"layers on: {', '.join(self.on) or 'none'}"
         if self.off:
             text += "; OFF: " + "; ".join(f"{layer} ({why})" for layer, why in self.off.items())
         return text
