@@ -11,9 +11,9 @@ of every run; ``require_isolation()`` refuses to run without all of them):
   (RLIMIT_NPROC counts per uid) is one program's alone. Needs root.
 - ``pid_namespace``: the program is PID 2 of a new PID namespace whose PID 1 is the trusted
   init; when init ends, the kernel kills every process left, whatever ``setsid`` or process
-  groups the program used. ``mount_namespace``: a private root (``box.build_root``) with only
-  the interpreter, ``/usr`` and ``/etc`` read-only, the benchmark data shipped in packages
-  masked, and ``/tmp``, ``/var/tmp``, ``/dev/shm``, ``/run/lock`` on one small tmpfs (a quota)
+  groups the program used. ``mount_namespace``: a private root (``box.py``) with only the
+  interpreter, ``/usr`` and ``/etc`` read-only, the benchmark data shipped in packages masked,
+  and ``/tmp``, ``/var/tmp``, ``/dev/shm``, ``/run/lock`` each a fresh small tmpfs (a quota)
   that disappears with the box. ``network_namespace`` (per slot) and an IPC namespace (per
   program). Need root and a kernel that allows namespaces.
 - ``memory_cgroup``: the slot's memory cgroup (v1 or v2) limits the program's whole process
@@ -183,6 +183,8 @@ class Slot:
                 os.close(fd)
                 continue
             self.n, self.uid, self._lock = n, _SLOT_UID + n, fd
+            self.root = _SLOT_LOCKS / f"slot-{n}.root"  # the box's template is mounted here, in the server only
+            self.root.mkdir(mode=0o755, exist_ok=True)
             break
         else:
             raise IsolationUnavailable(f"sandbox: all {_SLOTS} worker slots are taken; use fewer workers")
@@ -321,6 +323,7 @@ class Server:
             "uid": self._slot.uid if self._slot else None,
             "gid": self._slot.uid if self._slot else None,
             "cgroup": str(self._slot.cgroup) if self._slot and self._slot.cgroup else None,
+            "root": str(self._slot.root) if self._slot else None,
             "binds": _binds(),
             "masks": _masks(),
             "scratch_mb": _SCRATCH_MB,

