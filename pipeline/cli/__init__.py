@@ -35,6 +35,7 @@ from pipeline.deploy.export import ExportError
 from pipeline.deploy.registry import RegistryError
 from pipeline.deploy.serve import ServeError
 from pipeline.evaluation.benchmarks import BenchmarkError
+from pipeline.evaluation.sandbox import IsolationUnavailable
 from pipeline.evaluation.score import SamplesError
 from pipeline.leakage import LeakageError
 from pipeline.models import MergeError
@@ -60,7 +61,7 @@ class CommandFailed(Exception):
 # code. Exit 2: the input is unusable, nothing was started or written. Exit 1: started work
 # failed. Any other exception is a bug and keeps its traceback.
 INVALID = (UsageError, RecipeError, PromptError, LeakageError, BenchmarkError, SamplesError, TargetError)
-INVALID += (RegistryError, ExportError, ServeError)
+INVALID += (RegistryError, ExportError, ServeError, IsolationUnavailable)
 FAILED = (CommandFailed, RunBusyError, MergeError, OSError)
 
 

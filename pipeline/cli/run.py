@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pipeline.artifacts import Manifest
 from pipeline.cli import EXIT_FAILED, EXIT_NOT_PROMOTED, EXIT_OK, load, log, recipe_text, run_dir_of, setup_logging
+from pipeline.evaluation.sandbox import require_isolation
 from pipeline.recipe import Recipe
 from pipeline.runs import STAGES, RunBusyError, atomic_write_text, force_from, run_lock
 
@@ -136,6 +137,8 @@ def command(args: argparse.Namespace) -> int:
     recipe = load(args)
     setup_logging()
     check_leakage(recipe)
+    if recipe.evaluation.require_isolation:  # before hours of sampling and training, not at eval
+        require_isolation()
     text = recipe_text(recipe)
     started = time.time()
     run_dir = run_dir_of(recipe)

@@ -22,6 +22,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lcb-path", help="LiveCodeBench JSONL file or directory (default: the hub)")
     p.add_argument("--mbpp-path", help="MBPP test file (default: data/mbpp_test.jsonl)")
     p.add_argument("--ignore-incomplete", action="store_true", help="allow problems without samples")
+    p.add_argument(
+        "--require-isolation",
+        action="store_true",
+        help="refuse to run unless every sandbox layer is on (root, namespaces, a memory cgroup)",
+    )
     p.set_defaults(func=command)
 
 
@@ -30,6 +35,10 @@ def command(args: argparse.Namespace) -> int:
     from pipeline.evaluation.score import score_file
 
     setup_logging()
+    if args.require_isolation:
+        from pipeline.evaluation.sandbox import require_isolation
+
+        require_isolation()  # IsolationUnavailable: exit 2, nothing run
     samples = Path(args.samples)
     out = Path(args.out) if args.out else samples.with_name(samples.name + "_results.jsonl")
     options = {"source": args.lcb_path} if args.benchmark == "livecodebench" and args.lcb_path else {}

@@ -34,6 +34,7 @@ from pipeline import artifacts, generation, models, runs
 from pipeline.artifacts import EvalMetrics, Label
 from pipeline.evaluation import compare
 from pipeline.evaluation.benchmarks import Benchmark, load_benchmark
+from pipeline.evaluation.sandbox import require_isolation
 from pipeline.evaluation.score import score_samples
 from pipeline.recipe import EngineConfig, Recipe
 
@@ -98,6 +99,8 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
         log.info("eval: reusing %s (inputs unchanged)", eval_dir / "metrics.json")
         return manifest
 
+    if cfg.require_isolation:
+        require_isolation()
     benches = [load_benchmark(recipe, name) for name in cfg.benchmarks]
     model_path = models.resolve(recipe.model.id)
     mode = serving_mode(recipe, model_path)

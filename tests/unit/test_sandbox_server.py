@@ -7,20 +7,24 @@ program's reach over its own verdict files, per-program limits, and recovery."""
 import os
 import re
 import signal
+import sys
 import threading
 import time
 
 import pytest
 
-from pipeline.evaluation.sandbox.server import Server, execute, execute_many, identity
+from pipeline.evaluation.sandbox.server import Server, execute, execute_many, layers
 
 
 def test_each_program_is_a_new_process_with_fresh_randomness():
-    program = "import os, random\nraise SystemExit(f'{os.getpid()} {random.random()}')\n"
+    """Six processes (their start times differ; in a PID namespace every program is PID 2)."""
+    program = (
+        "import os, random\nstart = open('/proc/self/stat').read().split()[21]\n"
+        "raise SystemExit(f'{os.getpid()}.{start}.{os.times().elapsed} {random.random()}')\n"
+    )
     verdicts = execute_many([program] * 6, timeout_s=10, workers=2)
     seen = [v.detail.split()[-2:] for v in verdicts]
     assert all(not v.passed for v in verdicts)
-    assert len({pid for pid, _ in seen}) == 6  # six processes
     assert len({value for _, value in seen}) == 6  # random is seeded per program, not by the server
 
 
@@ -46,22 +50,44 @@ assert sys.flags.isolated == 1
     assert verdict.passed, verdict.detail
 
 
+def test_stdin_reaches_the_program_and_no_path_leads_to_it():
+    """The caller's stdin is readable on fd 0 after the user switch (and inside the box), but its
+    file is gone before the program runs: neither ``../stdin`` nor fd 0's link reopens it. The
+    program's stdout comes back without the nonce."""
+    program = """
+import os, sys
+link = os.readlink('/proc/self/fd/0')
+assert link.endswith('(deleted)') or not os.path.exists(link), link
+for path in ('../stdin', link.removesuffix(' (deleted)'), '/proc/self/fd/0'):
+    try:
+        open(path).read()
+    except OSError:
+        continue
+    raise SystemExit('reopened stdin by path: ' + path)
+sys.stdout.write(sys.stdin.read().upper())
+"""
+    verdicts = execute_many([program, program], stdin=["secret tests\n", "other \u00e9"], timeout_s=10, workers=2)
+    assert [v.passed for v in verdicts] == [True, True], [v.detail for v in verdicts]
+    assert [v.output for v in verdicts] == ["SECRET TESTS\n", "OTHER \u00c9"]
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="the user switch is only active as root")
 def test_program_cannot_touch_its_verdict_files():
-    """stdout/stderr and the program's source live one level up, owned by root."""
+    """stdout/stderr and the program's source live one level up, owned by root (in a box: not
+    visible at all, and the box's root is read-only)."""
     program = """
 import os
 for name in ('../stdout', '../program.py'):
     for attempt in (lambda: open(name, 'w'), lambda: os.unlink(name), lambda: os.rename(name, 'x')):
         try:
             attempt()
-        except PermissionError:
+        except OSError:  # permission denied, no such file, read-only file system
             continue
         raise SystemExit('could modify ' + name)
 try:
     open('../forged', 'w')
     raise SystemExit('could create a file beside stdout')
-except PermissionError:
+except OSError:
     pass
 assert os.getuid() != 0 and os.getgroups() == []
 """
@@ -104,11 +130,11 @@ def test_non_daemon_threads_are_waited_for():
     assert [v.status for v in verdicts] == ["passed", "timeout"]
 
 
-def test_interpreter_is_usable_by_the_sandbox_user():
-    python, drop_to = identity()
-    assert os.access(python, os.X_OK)
-    if os.geteuid() == 0:
-        assert drop_to is not None and drop_to[0] != 0
+def test_programs_run_under_the_projects_interpreter_with_numpy():
+    found = layers()
+    assert found.python == sys.executable
+    verdict = execute(f"import sys, numpy\nassert sys.executable == {sys.executable!r}, sys.executable\n")
+    assert verdict.passed, verdict.detail
 
 
 def test_a_dead_server_is_replaced():
