@@ -32,10 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline import artifacts, runs
-from pipeline.recipe import Recipe, RecipeError, _apply_override
+from pipeline.recipe import Recipe, RecipeError, _apply_override, parse_value
 from pipeline.report import sweep as sweep_report
 
 log = logging.getLogger(__name__)
@@ -90,10 +88,7 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
             )
         values = []
         for text in split_values(raw):
-            try:
-                values.append(yaml.safe_load(text))
-            except yaml.YAMLError as exc:
-                raise RecipeError(f"--grid {item!r}: value {text!r} is not valid YAML: {exc}") from None
+            values.append(parse_value(text, f"--grid {item!r}: value {text!r}"))
         if key in grid:
             raise RecipeError(f"--grid {item!r}: key {key} given twice")
         grid[key] = values
