@@ -670,7 +670,8 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     if cfg.source in ("jsonl", "mbpp") and (cfg.path is None or not Path(cfg.path).is_file()):
         line = _line_of(root, ("prompts", "path"))
         where = f"{path}:{line}" if line else str(path)
-        raise RecipeError(f"{where}: prompts.path: file not found: {cfg.path} (relative to {Path.cwd()})")
+        problem = "is a directory, not a file" if cfg.path and Path(cfg.path).is_dir() else "file not found"
+        raise RecipeError(f"{where}: prompts.path: {problem}: {cfg.path} (relative to {Path.cwd()})")
     return recipe
 
 
