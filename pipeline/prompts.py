@@ -179,13 +179,20 @@ def mbpp_prompt(task: dict) -> str:
     return f'{head}{signature.group(0)}\n    """ {task["text"].strip()}\n    >>> {example}\n    """\n'
 
 
-def mbpp_prompts(path: str | Path, task_ids: list[int]) -> list[dict]:
-    wanted = set(task_ids)
-    return [
-        {"id": f"mbpp/{task['task_id']}", "prompt": mbpp_prompt(task), "source": "mbpp"}
-        for _, task in iter_jsonl(Path(path), PromptError)
-        if task.get("task_id") in wanted
-    ]
+def _mbpp_tasks(path: str | Path) -> list[tuple[str, dict]]:
+    """``(file:line, record)`` of an MBPP JSONL file, each checked for the fields prompts are built from."""
+    tasks = []
+    for where, task in iter_jsonl(Path(path), PromptError):
+        if not isinstance(task, dict):
+            raise PromptError(f"{where}: expected an MBPP record (a JSON object), got {type(task).__name__}")
+        for field, kind, name in (("task_id", int, "an integer"), ("text", str, "a string"), ("code", str, "a string")):
+            if not isinstance(task.get(field), kind) or isinstance(task.get(field), bool):
+                raise PromptError(f"{where}: field {field!r} missing or not {name}")
+        tests = task.get("test_list")
+        if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
+            raise PromptError(f"{where}: field 'test_list' must be a non-empty list of assert strings")
+        tasks.append((where, task))
+    return tasks
 
 
 def mbpp_train_prompts(path: str | Path) -> tuple[list[dict], list[str]]:
@@ -194,9 +201,14 @@ def mbpp_train_prompts(path: str | Path) -> tuple[list[dict], list[str]]:
     MBPP repeats some statements across its splits (task 602 is task 217 again, 704 is 248, 872
     is 216): training on them would leak the test split. Returns the prompts and the dropped ids.
     """
-    tasks = [task for _, task in iter_jsonl(Path(path), PromptError)]
-    test_texts = {normalize(t["text"]).lower() for t in tasks if 11 <= t.get("task_id", 0) <= 510}
-    rows = mbpp_prompts(path, MBPP_TRAIN_IDS)
+    tasks = [task for _, task in _mbpp_tasks(path)]
+    test_texts = {normalize(t["text"]).lower() for t in tasks if 11 <= t["task_id"] <= 510}
+    wanted = set(MBPP_TRAIN_IDS)
+    rows = [
+        {"id": f"mbpp/{task['task_id']}", "prompt": mbpp_prompt(task), "source": "mbpp"}
+        for task in tasks
+        if task["task_id"] in wanted
+    ]
     statement = {f"mbpp/{t['task_id']}": normalize(t["text"]).lower() for t in tasks}
     kept = [r for r in rows if statement[r["id"]] not in test_texts]
     return kept, [r["id"] for r in rows if statement[r["id"]] in test_texts]

@@ -28,8 +28,14 @@ class RecipeError(ValueError):
     """A recipe that cannot be used: the message names the file and the field or path."""
 
 
+ALIAS_NODE_LIMIT = 1000  # values YAML aliases may add to a recipe in all: a whole recipe is ~100
+SHOWN_VALUE_CHARS = 120  # of a rejected value quoted in an error message
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # nan and inf pass pydantic's `gt`/`le` checks in odd ways (nan > 0 is False, inf > 0 is True):
+    # no recipe value means either, so both are refused with the field's name.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
@@ -548,19 +554,114 @@ class Recipe(_Strict):
         return self.run_id or f"{self.name}-{self.fingerprint()}"
 
 
+class _RecipeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, stricter where a recipe needs it.
+
+    A key given twice in one mapping is an error naming both lines (PyYAML silently keeps the
+    last, so an edit further up the file would do nothing). Aliases may add at most
+    ``ALIAS_NODE_LIMIT`` values in all, and may not refer to themselves: a "billion laughs"
+    file of a few hundred bytes otherwise expands into a value whose error message alone is
+    megabytes. Merge keys (``<<: *defaults``) still override, as YAML intends.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._alias_values = 0
+        self._sizes: dict[int, int] = {}  # id(node) -> values in it, for every node composed so far
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            node = self.anchors.get(event.anchor)
+            if node is not None:
+                if id(node) not in self._sizes:
+                    raise yaml.composer.ComposerError(
+                        None, None, f"alias *{event.anchor} refers to the value that contains it", event.start_mark
+                    )
+                self._alias_values += self._sizes[id(node)]
+                if self._alias_values > ALIAS_NODE_LIMIT:
+                    raise yaml.composer.ComposerError(
+                        None,
+                        None,
+                        f"aliases expand to more than {ALIAS_NODE_LIMIT} values; write the values out instead",
+                        event.start_mark,
+                    )
+            return super().compose_node(parent, index)
+        node = super().compose_node(parent, index)
+        if isinstance(node, yaml.ScalarNode):
+            self._sizes[id(node)] = 1
+        elif isinstance(node, yaml.SequenceNode):
+            self._sizes[id(node)] = 1 + sum(self._sizes[id(child)] for child in node.value)
+        else:
+            self._sizes[id(node)] = 1 + sum(self._sizes[id(k)] + self._sizes[id(v)] for k, v in node.value)
+        return node
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, yaml.Mark] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    mark = first.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: PyYAML's own error follows
+                    continue
+                if mark is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key {key!r} given twice (first on line {mark.line + 1}); keep one",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> tuple[int | None, str]:
+    """(1-based line, the problem in a few words) of a YAML error, without PyYAML's source excerpt."""
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character, e.g. a binary file
+        return text[: exc.position].count("\n") + 1, f"character {exc.character:#06x} is not allowed in YAML"
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc)
+    return (mark.line + 1 if mark is not None else None), problem
+
+
+def parse_yaml(text: str, where: str, lines: bool = True) -> tuple[Any, yaml.Node | None]:
+    """The value of one YAML document and its node tree (for line numbers), by ``_RecipeLoader``.
+
+    Errors are ``RecipeError`` naming ``where`` (and the line, with ``lines``); a recipe or
+    override value is small, so one nested too deeply for the parser is refused too.
+    """
+    try:
+        loader = _RecipeLoader(text)
+        try:
+            root = loader.get_single_node()
+            return (loader.construct_document(root) if root is not None else None), root
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        line, problem = _yaml_problem(exc, text)
+        raise RecipeError(f"{where}{f':{line}' if line and lines else ''}: not valid YAML: {problem}") from None
+    except RecursionError:
+        raise RecipeError(f"{where}: not valid YAML: nested too deeply") from None
+
+
+def parse_value(text: str, what: str) -> Any:
+    """A command-line value (override, grid point) read as YAML, as the recipe file's values are."""
+    if text == "":
+        return ""
+    return parse_yaml(text, what, lines=False)[0]
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """``a.b.c=value`` -> (["a", "b", "c"], value), the value parsed as YAML."""
     key, sep, raw = text.partition("=")
     if not sep or not key or any(not part for part in key.split(".")):
         raise RecipeError(f"override {text!r}: expected KEY.SUB=VALUE, e.g. sampling.temperature=1.2")
-    try:
-        value = yaml.safe_load(raw) if raw != "" else ""
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"override {text!r}: value is not valid YAML: {exc}") from exc
-    return key.split("."), value
+    return key.split("."), parse_value(raw, f"override {text!r}")
 
 
-def _apply_override(data: dict, path: list[str], value: Any, text: str) -> None:
+def apply_override(data: dict, path: list[str], value: Any, text: str) -> None:
     node = data
     for part in path[:-1]:
         child = node.setdefault(part, {})
@@ -585,22 +686,41 @@ def _line_of(root: yaml.Node | None, loc: tuple) -> int | None:
     return line
 
 
+def _shown(value: Any) -> str:
+    """A rejected value for an error message: its repr, cut to ``SHOWN_VALUE_CHARS``."""
+    text = repr(value)
+    return text if len(text) <= SHOWN_VALUE_CHARS else f"{text[:SHOWN_VALUE_CHARS]}... ({len(text)} characters)"
+
+
+def _read_text(path: Path) -> str:
+    """A recipe's text; a directory, an unreadable file or bytes that are not UTF-8 are ``RecipeError``."""
+    if path.is_dir():
+        raise RecipeError(f"{path}: is a directory; pass a recipe YAML file, e.g. recipes/default.yaml")
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise RecipeError(f"{path}: cannot be read ({exc.strerror})") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise RecipeError(
+            f"{path}:{line}: not UTF-8 text (byte {exc.start + 1}); a recipe is a YAML text file saved as UTF-8"
+        ) from None
+
+
 def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe; raise RecipeError naming the file, field and line."""
     path = Path(path)
-    if not path.is_file():
-        raise RecipeError(f"{path}: recipe file not found")
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text) or {}
-        root = yaml.compose(text)
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{path}: not valid YAML: {exc}") from exc
+    data, root = parse_yaml(_read_text(path), str(path))
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of sections, got {type(data).__name__}")
     for text_override in overrides or []:
         keys, value = parse_override(text_override)
-        _apply_override(data, keys, value, text_override)
+        apply_override(data, keys, value, text_override)
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as exc:
@@ -609,13 +729,14 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
             field = ".".join(str(p) for p in err["loc"]) or "(top level)"
             line = _line_of(root, err["loc"])
             where = f"{path}:{line}" if line else str(path)
-            lines.append(f"{where}: {field}: {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"{where}: {field}: {err['msg']} (got {_shown(err.get('input'))})")
         raise RecipeError("invalid recipe\n  " + "\n  ".join(lines)) from None
     cfg = recipe.prompts
     if cfg.source in ("jsonl", "mbpp") and (cfg.path is None or not Path(cfg.path).is_file()):
         line = _line_of(root, ("prompts", "path"))
         where = f"{path}:{line}" if line else str(path)
-        raise RecipeError(f"{where}: prompts.path: file not found: {cfg.path} (relative to {Path.cwd()})")
+        problem = "is a directory, not a file" if cfg.path and Path(cfg.path).is_dir() else "file not found"
+        raise RecipeError(f"{where}: prompts.path: {problem}: {cfg.path} (relative to {Path.cwd()})")
     return recipe
 
 

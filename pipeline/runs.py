@@ -13,6 +13,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -76,16 +77,38 @@ class RunFileError(ValueError):
     """A JSONL file that cannot be read: the message names the file and line."""
 
 
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # JSON's escape for a UTF-16 surrogate
+_LONE = re.compile("[\ud800-\udfff]")  # one left in a str after json.loads paired the valid ones
+
+
+def _lone_surrogate(value: Any) -> str | None:
+    """The first unpaired surrogate in a parsed JSON value, as ``\\udXXX`` (None when there is none).
+
+    JSON lets ``"\\ud800"`` stand alone; Python keeps it in a ``str`` that no file, pipe or
+    tokenizer accepts, so the first write would fail far from the line that caused it.
+    """
+    if isinstance(value, str):
+        found = _LONE.search(value)
+        return f"\\u{ord(found.group()):04x}" if found else None
+    parts = [*value, *value.values()] if isinstance(value, dict) else value if isinstance(value, list) else []
+    for part in parts:
+        if lone := _lone_surrogate(part):
+            return lone
+    return None
+
+
 def iter_jsonl(path: Path, error: type[Exception] = RunFileError) -> Iterator[tuple[str, Any]]:
     """``(where, value)`` for each non-blank line of a JSONL file; ``where`` is ``file:line``.
 
-    The one JSONL reader: a line that is not UTF-8 or not JSON raises ``error`` naming the file,
-    line and column.
+    The one JSONL reader: a line that is not UTF-8, not JSON or holds a lone UTF-16 surrogate
+    (``"\\ud800"``, valid JSON but not text) raises ``error`` naming the file, line and column.
     """
     try:
         fh = open(path, "rb")
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
     except IsADirectoryError:
-        raise error(f"{path}: is a directory, expected a JSONL file") from None
+        raise error(f"{path}: is a directory; pass a JSONL file (one JSON object per line)") from None
     except OSError as exc:
         raise error(f"{path}: cannot be read ({exc.strerror})") from None
     with fh:
@@ -94,13 +117,22 @@ def iter_jsonl(path: Path, error: type[Exception] = RunFileError) -> Iterator[tu
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                raise error(f"{where}: not UTF-8 text (byte {exc.start + 1})") from None
+                raise error(
+                    f"{where}: not UTF-8 text (byte {exc.start + 1} of the line); is it the right file? JSONL is UTF-8"
+                ) from None
             if not line.strip():
                 continue
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise error(f"{where}: not valid JSON: {exc.msg} (column {exc.colno})") from None
+            except RecursionError:
+                raise error(f"{where}: not valid JSON: nested too deeply") from None
+            if _SURROGATE_ESCAPE.search(line) and (lone := _lone_surrogate(value)):
+                raise error(
+                    f"{where}: a string holds {lone}, half of a UTF-16 pair, which is not text; "
+                    "fix the program that wrote the file, or drop the line"
+                )
             yield where, value
 
 

@@ -39,11 +39,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from pipeline import artifacts, gate, runs
 from pipeline.evaluation import stats
-from pipeline.recipe import Recipe, RecipeError, _apply_override
+from pipeline.recipe import Recipe, RecipeError, apply_override, parse_value
 from pipeline.report import sweep as sweep_report
 
 log = logging.getLogger(__name__)
@@ -98,10 +96,7 @@ def parse_grid(items: list[str]) -> dict[str, list[Any]]:
             )
         values = []
         for text in split_values(raw):
-            try:
-                values.append(yaml.safe_load(text))
-            except yaml.YAMLError as exc:
-                raise RecipeError(f"--grid {item!r}: value {text!r} is not valid YAML: {exc}") from None
+            values.append(parse_value(text, f"--grid {item!r}: value {text!r}"))
         if key in grid:
             raise RecipeError(f"--grid {item!r}: key {key} given twice")
         grid[key] = values
@@ -142,7 +137,7 @@ def point_recipe(base: Recipe, name: str, overrides: dict[str, Any], sweep_dir: 
     data = base.model_dump(mode="json")
     data["sweep"] = {}
     for key, value in overrides.items():
-        _apply_override(data, key.split("."), value, f"{key}={value}")
+        apply_override(data, key.split("."), value, f"{key}={value}")
     data.update(run_id=name, runs_dir=str(sweep_dir / POINTS), registry_dir=str(sweep_dir / "registry"))
     data["evaluation"]["base_dir"] = str(sweep_dir / BASE_EVAL)
     data["evaluation"]["always_split"] = True  # the best point is chosen on the selection part

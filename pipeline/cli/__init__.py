@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
+import os
 import signal
 import sys
 import threading
@@ -39,14 +41,15 @@ from pipeline.evaluation.sandbox import IsolationUnavailable
 from pipeline.evaluation.score import SamplesError
 from pipeline.leakage import LeakageError
 from pipeline.models import MergeError
-from pipeline.prompts import PromptError, load_prompts
+from pipeline.prompts import PromptError, load_source
 from pipeline.recipe import Recipe, RecipeError, load_recipe
-from pipeline.runs import RunBusyError
+from pipeline.runs import RunBusyError, RunFileError
 from pipeline.training.targets import TargetError
 
 log = logging.getLogger("ssd")
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_NOT_PROMOTED = 0, 1, 2, 3
+MESSAGE_CHARS = 4000  # of an error message printed: what it quotes from the input cannot flood a terminal
 
 
 class UsageError(Exception):
@@ -61,7 +64,7 @@ class CommandFailed(Exception):
 # code. Exit 2: the input is unusable, nothing was started or written. Exit 1: started work
 # failed. Any other exception is a bug and keeps its traceback.
 INVALID = (UsageError, RecipeError, PromptError, LeakageError, BenchmarkError, SamplesError, TargetError)
-INVALID += (RegistryError, ExportError, ServeError, IsolationUnavailable)
+INVALID += (RegistryError, ExportError, ServeError, IsolationUnavailable, RunFileError)
 FAILED = (CommandFailed, RunBusyError, MergeError, OSError)
 
 
@@ -81,15 +84,54 @@ def setup_logging(log_dir: Path | None = None, name: str = "run.log") -> logging
 def load(args: argparse.Namespace) -> Recipe:
     """The validated recipe of a command's ``recipe``, ``overrides`` and ``--run-id``.
 
-    A prompt file is read here too, so that a bad one fails before any work starts.
+    A local prompt file is read here too, and the run and registry directories are checked,
+    so that bad input fails before any work starts or any directory is made.
     """
     overrides = list(args.overrides)
     if args.run_id:
         overrides.append(f"run_id={args.run_id}")
     recipe = load_recipe(args.recipe, overrides)
-    if recipe.prompts.source == "jsonl":
-        load_prompts(recipe.prompts.path)
+    if recipe.prompts.source in ("jsonl", "mbpp"):
+        load_source(recipe.prompts)
+    check_dir(Path(recipe.runs_dir), f"runs_dir {recipe.runs_dir}")
+    check_dir(Path(recipe.registry_dir), f"registry_dir {recipe.registry_dir}")
     return recipe
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1 (anything else exits 2 at parse time)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0. ``nan``, ``0``, negatives and ``inf`` parse as
+    floats but make no sense as a time limit or a memory size (a ``nan`` timeout failed every
+    program and still exited 0)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: must be a finite number above 0")
+    return value
+
+
+def check_dir(path: Path, what: str) -> None:
+    """Refuse, before any work starts, a directory that could not be made or written: a file in
+    the way (``out/x`` where ``out`` is a file) or no write permission. Nothing is created."""
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{what}: {existing} is a file, not a directory; choose another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"{what}: {existing} is not writable; choose another path")
 
 
 def recipe_text(recipe: Recipe) -> str:
@@ -142,8 +184,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except INVALID as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {capped(str(exc))}", file=sys.stderr)
         return EXIT_INVALID
     except FAILED as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {capped(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def capped(message: str) -> str:
+    """``message`` cut to ``MESSAGE_CHARS``, saying how much was left out."""
+    if len(message) <= MESSAGE_CHARS:
+        return message
+    return f"{message[:MESSAGE_CHARS]}... ({len(message) - MESSAGE_CHARS} more characters)"

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
-from pipeline.cli import EXIT_OK, CommandFailed, setup_logging
+from pipeline.cli import EXIT_OK, CommandFailed, check_dir, positive_float, setup_logging
 from pipeline.deploy import export, registry
 
 
@@ -27,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--atol",
-        type=float,
+        type=positive_float,
         default=export.MERGE_ATOL,
         help=f"merged vs PEFT float32 logits tolerance (default {export.MERGE_ATOL:g})",
     )
@@ -42,6 +43,7 @@ def command(args: argparse.Namespace) -> int:
     from pipeline.models import MergeError
 
     setup_logging()
+    check_dir(Path(args.out).parent, f"OUT {args.out}")  # before a merge that can take minutes
     try:
         record = export.export(
             args.registry_dir, args.ref, args.out, args.format, dtype=args.dtype, atol=args.atol, force=args.force

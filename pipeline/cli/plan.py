@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli import EXIT_FAILED, EXIT_OK, load
+from pipeline.cli import EXIT_FAILED, EXIT_OK, load, positive_float
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -12,7 +12,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("recipe")
     p.add_argument("overrides", nargs="*", help="dotted overrides: training.max_length=2048")
     p.add_argument("--run-id", help=argparse.SUPPRESS)
-    p.add_argument("--device-gib", type=float, help="device memory in GiB (default: training.device_gib or 80)")
+    p.add_argument(
+        "--device-gib", type=positive_float, help="device memory in GiB (default: training.device_gib or 80)"
+    )
     p.set_defaults(func=command)
 
 

@@ -102,7 +102,12 @@ def show_command(args: argparse.Namespace) -> int:
 
 
 def rollback_command(args: argparse.Namespace) -> int:
-    before = registry.latest_version(args.registry_dir, args.name)
+    try:
+        before = registry.latest_version(args.registry_dir, args.name)
+    except registry.RegistryError:
+        if args.to is None:
+            raise
+        before = "(unreadable)"  # --to is how a corrupt `latest` is repaired (an unknown name fails below)
     after = registry.rollback(args.registry_dir, args.name, args.to)
     if args.json:
         print(json.dumps({"name": args.name, "previous": before, "latest": after}))

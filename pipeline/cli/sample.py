@@ -9,7 +9,17 @@ from __future__ import annotations
 import argparse
 import json
 
-from pipeline.cli import EXIT_FAILED, EXIT_OK, UsageError, load, log, recipe_text, run_dir_of, setup_logging
+from pipeline.cli import (
+    EXIT_FAILED,
+    EXIT_OK,
+    UsageError,
+    load,
+    log,
+    positive_int,
+    recipe_text,
+    run_dir_of,
+    setup_logging,
+)
 from pipeline.runs import RunBusyError, atomic_write_text, run_lock
 
 
@@ -20,7 +30,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--run-id", help="run directory name (default: <name>-<recipe hash>)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--shard", help="I/N: sample every N-th prompt starting at I (one process or GPU each)")
-    group.add_argument("--merge", type=int, metavar="N", help="join the N finished shards into samples.jsonl")
+    group.add_argument("--merge", type=positive_int, metavar="N", help="join the N finished shards into samples.jsonl")
     p.set_defaults(func=command)
 
 

@@ -10,7 +10,7 @@ import argparse
 import json
 import shlex
 
-from pipeline.cli import EXIT_FAILED, EXIT_OK, CommandFailed, setup_logging
+from pipeline.cli import EXIT_FAILED, EXIT_OK, CommandFailed, positive_int, setup_logging
 from pipeline.deploy import registry, serve
 
 
@@ -26,7 +26,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--host", default=serve.DEFAULT_HOST, help=f"interface to bind (default {serve.DEFAULT_HOST}; 0.0.0.0 for all)"
     )
     p.add_argument("--port", type=int, default=serve.DEFAULT_PORT, help=f"default {serve.DEFAULT_PORT}")
-    p.add_argument("--max-model-len", type=int, help="context length (default: the recipe's engine.max_model_len)")
+    p.add_argument(
+        "--max-model-len", type=positive_int, help="context length (default: the recipe's engine.max_model_len)"
+    )
     p.add_argument(
         "--moe-lora", action="store_true", help="MoE on GPU: serve per-expert LoRA instead of the merged model"
     )

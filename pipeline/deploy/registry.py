@@ -95,7 +95,37 @@ def _read_latest(name_dir: Path) -> str | None:
     path = name_dir / LATEST
     if not path.is_file():
         return None
-    return path.read_text().strip() or None
+    try:
+        return path.read_bytes().decode("utf-8").strip() or None
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"cannot be read ({exc.strerror})"
+        raise RegistryError(
+            f"{path}: {problem}; it should hold one version such as v0003: repoint it with "
+            f"`ssd registry rollback {name_dir.name} --to VERSION`"
+        ) from None
+
+
+def _read_manifest(version_dir: Path) -> dict[str, Any]:
+    """A version's ``manifest.json``; a missing, unreadable or corrupt one is a ``RegistryError`` naming it."""
+    path = version_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        problem = "missing"
+    except OSError as exc:
+        problem = f"cannot be read ({exc.strerror})"
+    except UnicodeDecodeError:
+        problem = "not UTF-8 text"
+    except json.JSONDecodeError as exc:
+        problem = f"not valid JSON (line {exc.lineno}, column {exc.colno}: {exc.msg})"
+    else:
+        if isinstance(manifest, dict):
+            return manifest
+        problem = f"not a JSON object (a {type(manifest).__name__})"
+    raise RegistryError(
+        f"{path}: {problem}; a version's lineage is written once at promotion: restore the file from a backup, "
+        f"or point latest at another version with `ssd registry rollback {version_dir.parent.name} --to VERSION`"
+    )
 
 
 def _names(registry_dir: Path) -> list[str]:
@@ -390,7 +420,7 @@ def list_versions(registry_dir: Path | str, name: str) -> list[dict[str, Any]]:
     latest = _read_latest(name_dir)
     rows = []
     for version in _versions(name_dir):
-        manifest = json.loads((name_dir / version / MANIFEST).read_text())
+        manifest = _read_manifest(name_dir / version)
         rows.append(
             {
                 "name": name,
@@ -413,8 +443,8 @@ def latest_version(registry_dir: Path | str, name: str) -> str | None:
 def show(registry_dir: Path | str, name: str, version: str | None = None) -> dict[str, Any]:
     """The manifest of a version (default: latest), with its path and whether it is latest."""
     name_dir, chosen, latest = _pick(Path(registry_dir), name, version)
-    manifest = json.loads((name_dir / chosen / MANIFEST).read_text())
-    return {**manifest, "path": str(name_dir / chosen), "latest": chosen == latest}
+    manifest = _read_manifest(name_dir / chosen)
+    return {"name": name, "version": chosen, **manifest, "path": str(name_dir / chosen), "latest": chosen == latest}
 
 
 def resolve(registry_dir: Path | str, name: str, version: str | None = None) -> Path:
@@ -423,35 +453,49 @@ def resolve(registry_dir: Path | str, name: str, version: str | None = None) -> 
     return name_dir / chosen / ADAPTER
 
 
+def _rollback_target(name_dir: Path, to_version: str | None) -> tuple[str | None, str]:
+    """(latest now, the version a rollback points it at), or a ``RegistryError`` saying why there is none.
+
+    With ``to_version`` a ``latest`` that cannot be read is no obstacle: ``--to`` is how it is repaired.
+    """
+    versions = _versions(name_dir)
+    if to_version is not None:
+        target = _version_label(to_version)
+        if target not in versions:
+            raise RegistryError(
+                f"{name_dir.name!r} has no version {target}; versions of {name_dir.name!r}: {', '.join(versions)}"
+            )
+        try:
+            return _read_latest(name_dir), target
+        except RegistryError:
+            return None, target
+    current = _read_latest(name_dir)
+    if current is None or current not in versions:
+        raise RegistryError(
+            f"{name_dir / LATEST} names {current or 'nothing'}, so there is no previous version; "
+            f"choose one with --to ({', '.join(versions)})"
+        )
+    older = [v for v in versions if int(v[1:]) < int(current[1:])]
+    if not older:
+        raise RegistryError(
+            f"{name_dir.name!r}: latest is {current}, its oldest version; nothing to roll back to "
+            f"(versions: {', '.join(versions)}; use --to to move forward)"
+        )
+    return current, older[-1]
+
+
 def rollback(registry_dir: Path | str, name: str, to_version: str | None = None) -> str:
     """Point ``latest`` at ``to_version``, or at the version before the current latest; return it.
 
-    Versions are never deleted, so a rollback can itself be undone with ``--to``.
+    Versions are never deleted, so a rollback can itself be undone with ``--to``. A rollback that
+    cannot happen is refused before the lock is taken (no ``.lock`` appears), and checked again
+    under it (a promotion may have moved ``latest`` meanwhile).
     """
     name_dir = _name_dir(Path(registry_dir), name)
+    _rollback_target(name_dir, to_version)
     try:
         with _lock(name_dir):
-            versions = _versions(name_dir)
-            current = _read_latest(name_dir)
-            if to_version is not None:
-                target = _version_label(to_version)
-                if target not in versions:
-                    raise RegistryError(
-                        f"{name!r} has no version {target}; versions of {name!r}: {', '.join(versions)}"
-                    )
-            elif current is None or current not in versions:
-                raise RegistryError(
-                    f"{name_dir / LATEST} names {current or 'nothing'}, so there is no previous version; "
-                    f"choose one with --to ({', '.join(versions)})"
-                )
-            else:
-                older = [v for v in versions if int(v[1:]) < int(current[1:])]
-                if not older:
-                    raise RegistryError(
-                        f"{name!r}: latest is {current}, its oldest version; nothing to roll back to "
-                        f"(versions: {', '.join(versions)}; use --to to move forward)"
-                    )
-                target = older[-1]
+            current, target = _rollback_target(name_dir, to_version)
             runs.atomic_write_text(name_dir / LATEST, target + "\n")
             _fsync_dir(name_dir)
     except Timeout as exc:

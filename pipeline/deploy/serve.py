@@ -105,8 +105,12 @@ def _engine(manifest: dict[str, Any]):
 
 
 def _lora_rank(adapter: Path) -> int:
-    config = json.loads((adapter / "adapter_config.json").read_text())
-    return max([int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
+    path = adapter / "adapter_config.json"
+    try:
+        config = json.loads(path.read_bytes().decode("utf-8"))
+        return max([int(config["r"]), *(int(r) for r in (config.get("rank_pattern") or {}).values())])
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        raise ServeError(f"{path}: not a PEFT LoRA config with a rank `r`; the adapter cannot be served") from None
 
 
 def _client_host(host: str) -> str:
