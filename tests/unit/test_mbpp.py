@@ -44,7 +44,9 @@ def test_problems_have_humaneval_shape(problems):
 
 
 def test_every_reference_solution_passes_in_the_sandbox(problems):
-    verdicts = score.verdicts([(p, p["code"]) for p in problems], timeout_s=10, workers=2)
+    # 30 s: mbpp/123 (amicable numbers below 10,000) takes 11-13 s on a loaded 2-core machine;
+    # this test is about correctness in the box, not speed (bench/execute.py measures that).
+    verdicts = score.verdicts([(p, p["code"]) for p in problems], timeout_s=30, workers=2)
     failed = [(p["task_id"], v.detail) for p, v in zip(problems, verdicts, strict=False) if not v.passed]
     assert failed == []
 
