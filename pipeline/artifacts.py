@@ -74,6 +74,11 @@ class ModelSummary(_Artifact):
     samples: int
     passed_samples: int
     finish_rate: float = Field(description="share of samples that ended on a stop (not cut at max_tokens)")
+    cut_share: float | None = Field(
+        None,
+        description="share of samples cut at max_tokens (vLLM finish_reason `length`): their verdict is about "
+        "stopping as much as about code; null in files written before it was recorded",
+    )
     mean_completion_tokens: float
     per_difficulty: dict[str, DifficultyScore] | None = None
 
@@ -159,6 +164,11 @@ class EvalMetrics(_Artifact):
     target: str
     adapter_serving: str
     merge_check: dict[str, Any] | None = None
+    serving_check: dict[str, Any] | None = Field(
+        None,
+        description="the served adapter's effect on next-token log-probs against PEFT's in float32 "
+        "(``evaluation.serving``): effect, error, tokens, tolerance, the served dtype",
+    )
     benchmarks: dict[str, BenchmarkMetrics]
 
     @model_validator(mode="after")

@@ -39,6 +39,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
+    from pipeline.evaluation.serving import ServingError
     from pipeline.models import MergeError
 
     setup_logging()
@@ -46,7 +47,7 @@ def command(args: argparse.Namespace) -> int:
         record = export.export(
             args.registry_dir, args.ref, args.out, args.format, dtype=args.dtype, atol=args.atol, force=args.force
         )
-    except MergeError as exc:  # the merged model failed its check
+    except (MergeError, ServingError) as exc:  # the merged model failed a check
         raise CommandFailed(f"{exc}; nothing written to {args.out}") from None
     src = record["source"]
     print(f"exported {src['name']}:{src['version']} as {record['format']} to {args.out}")

@@ -193,6 +193,8 @@ def _grid_section(metrics: EvalMetrics | None) -> Section:
         "adapter pass@1",
         "base finish",
         "adapter finish",
+        "base cut",
+        "adapter cut",
         "base tokens",
         "adapter tokens",
     ]
@@ -216,6 +218,7 @@ def _grid_section(metrics: EvalMetrics | None) -> Section:
             cells = [bench, f"{row.temperature:g}"]
             cells += [num(s.pass1) for s in summaries]
             cells += [num(s.finish_rate, ".3f") for s in summaries]
+            cells += [num(s.cut_share, ".3f") for s in summaries]
             cells += [num(s.mean_completion_tokens, ".1f") for s in summaries]
             if has_pass5:
                 cells += [num(s.pass_at.get(5)) for s in summaries]
