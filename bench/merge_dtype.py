@@ -109,7 +109,7 @@ def main() -> None:
         tokenizer.save_pretrained(tmp / dtype)
         served = serving.transformers_logprobs(tmp / dtype, run_dtype)
         served_base = serving.transformers_logprobs(base, run_dtype)
-        result = serving.adapter_effect(served_base, served, peft_base, peft_adapted)
+        result = serving.adapter_effect(served, peft_base, peft_adapted, served_base=served_base)
         share = result["error"] / result["effect"]
         print(
             f"merged file {dtype}, run in {run_dtype}: effect {result['effect']:.4g}, error {result['error']:.4g} "

@@ -94,8 +94,9 @@ class ModelSummary(_Artifact):
     def _flatten_pass_at(self, handler) -> dict[str, Any]:
         out = handler(self)
         pass_at = out.pop("pass_at")
-        if out.get("per_difficulty") is None:
-            out.pop("per_difficulty", None)
+        for optional in ("per_difficulty", "cut_share"):  # absent, not null, where not recorded
+            if out.get(optional) is None:
+                out.pop(optional, None)
         return {**{f"pass@{k}": v for k, v in sorted(pass_at.items())}, **out}
 
     @property
@@ -170,6 +171,13 @@ class EvalMetrics(_Artifact):
         "(``evaluation.serving``): effect, error, tokens, tolerance, the served dtype",
     )
     benchmarks: dict[str, BenchmarkMetrics]
+
+    @model_serializer(mode="wrap")
+    def _omit_unrecorded_serving_check(self, handler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("serving_check") is None:
+            out.pop("serving_check", None)
+        return out
 
     @model_validator(mode="after")
     def _target_evaluated(self) -> EvalMetrics:

@@ -23,7 +23,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--format", choices=export.FORMATS, default="peft", help="peft (default), merged, or peft-per-expert (MoE)"
     )
     p.add_argument(
-        "--dtype", choices=export.DTYPES, default="bfloat16", help="merged weights' dtype (verified in float32 first)"
+        "--dtype",
+        choices=export.DTYPES,
+        default="float32",
+        help="merged weights' dtype (default float32, as the eval stage serves merged copies; a cast that rounds "
+        "the adapter away is refused)",
     )
     p.add_argument(
         "--atol",

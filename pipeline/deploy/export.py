@@ -1,6 +1,6 @@
 """``ssd export``: a registry adapter in the form a server loads, each form proven before it is written.
 
-    ssd export NAME[:VERSION] OUT --format peft|merged|peft-per-expert [--dtype bfloat16]
+    ssd export NAME[:VERSION] OUT --format peft|merged|peft-per-expert [--dtype float32]
 
 - ``peft``: the adapter as promoted (``adapter_config.json``, ``adapter_model.safetensors``)
   at the top of ``OUT``, with its model card (``README.md``) and lineage (``manifest.json``).
@@ -155,7 +155,7 @@ def generation_config(base: str, tokenizer, revision: str | None = None):
 
 
 def export_merged(
-    manifest: dict[str, Any], tmp: Path, *, dtype: str = "bfloat16", atol: float = MERGE_ATOL
+    manifest: dict[str, Any], tmp: Path, *, dtype: str = "float32", atol: float = MERGE_ATOL
 ) -> dict[str, Any]:
     import torch
 
@@ -401,7 +401,7 @@ def export(
     out: Path | str,
     fmt: str,
     *,
-    dtype: str = "bfloat16",
+    dtype: str = "float32",
     atol: float = MERGE_ATOL,
     force: bool = False,
 ) -> dict[str, Any]:
