@@ -76,6 +76,11 @@ class ModelSummary(_Artifact):
     samples: int
     passed_samples: int
     finish_rate: float = Field(description="share of samples that ended on a stop (not cut at max_tokens)")
+    cut_share: float | None = Field(
+        None,
+        description="share of samples cut at max_tokens (vLLM finish_reason `length`): their verdict is about "
+        "stopping as much as about code; null in files written before it was recorded",
+    )
     mean_completion_tokens: float
     per_difficulty: dict[str, DifficultyScore] | None = None
 
@@ -91,8 +96,9 @@ class ModelSummary(_Artifact):
     def _flatten_pass_at(self, handler) -> dict[str, Any]:
         out = handler(self)
         pass_at = out.pop("pass_at")
-        if out.get("per_difficulty") is None:
-            out.pop("per_difficulty", None)
+        for optional in ("per_difficulty", "cut_share"):  # absent, not null, where not recorded
+            if out.get(optional) is None:
+                out.pop(optional, None)
         return {**{f"pass@{k}": v for k, v in sorted(pass_at.items())}, **out}
 
     @property
@@ -231,7 +237,19 @@ class EvalMetrics(_Artifact):
     target: str
     adapter_serving: str
     merge_check: dict[str, Any] | None = None
+    serving_check: dict[str, Any] | None = Field(
+        None,
+        description="the served adapter's effect on next-token log-probs against PEFT's in float32 "
+        "(``evaluation.serving``): effect, error, tokens, tolerance, the served dtype",
+    )
     benchmarks: dict[str, BenchmarkMetrics]
+
+    @model_serializer(mode="wrap")
+    def _omit_unrecorded_serving_check(self, handler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("serving_check") is None:
+            out.pop("serving_check", None)
+        return out
 
     @model_validator(mode="after")
     def _target_evaluated(self) -> EvalMetrics:

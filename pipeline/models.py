@@ -205,22 +205,27 @@ def merge_verified(base: str, adapter: Path, *, atol: float = 1e-3, revision: st
     return merged, tokenizer, figures
 
 
-def merge_adapter(base: str, adapter: Path, out: Path, *, atol: float = 1e-3) -> dict:
-    """Merge a PEFT adapter into its base and write the result to ``out``, verified.
+def merge_adapter(base: str, adapter: Path, out: Path, *, atol: float = 1e-3, dtype: str = "float32") -> dict:
+    """Merge a PEFT adapter into its base and write the result to ``out`` in ``dtype``, verified.
 
     The merge is checked before ``out`` appears (``merge_verified``): the merged model's logits
     on fixed inputs must equal the unmerged PEFT model's within ``atol``, and the merge must have
     changed weights (an all-zero adapter merges to the base). Returns the measured figures, with
-    the names of the changed tensors.
+    the names of the changed tensors. Whether the written dtype keeps the adapter is checked
+    where the copy is served (``evaluation.serving``): a bf16 cast can round a short run away.
     """
+    import torch
+
     merged, tokenizer, figures = merge_verified(base, adapter, atol=atol)
+    merged = merged.to(getattr(torch, dtype))
     with atomic_dir(out) as tmp:
         merged.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     log.info(
-        "merged %s into %s: %d tensors changed, max logit diff %.2g",
+        "merged %s into %s (%s): %d tensors changed, max logit diff %.2g",
         adapter,
         out,
+        dtype,
         figures["changed_tensors"],
         figures["max_logit_diff"],
     )

@@ -23,6 +23,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
 
+# Where a base model's function completion ends: a line at column 0 after the body (the Codex
+# stops, plus assert, decorators, a top-level docstring and a markdown fence). Each is safe inside
+# a completion that starts in the function body, where every line of the body is indented. Not
+# here: "\n\n" (bodies have blank lines), imports (rarely, a body's import comes after it).
+FUNCTION_STOP = ["\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#", "\nassert", "\n@", '\n"""', "\n```"]
+
 
 class RecipeError(ValueError):
     """A recipe that cannot be used: the message names the file and the field or path."""
@@ -127,9 +133,10 @@ class SamplingConfig(_Strict):
     max_tokens: int = Field(
         2048, ge=1, description="longest completion in tokens; a cut sample teaches no stop. vLLM's own default is 16"
     )
-    stop: list[str] = Field(
-        default_factory=list,
-        description="stop strings; the matched string is kept in the sample (it is what the model produced)",
+    stop: list[str] | None = Field(
+        None,
+        description="stop strings; the matched string is kept in the sample (it is what the model produced). "
+        "`null`: `evaluation.stop` for raw prompts (the model learns the stopping it is judged on), none for chat",
     )
     seed: int = Field(
         0,
@@ -306,8 +313,9 @@ class EvaluationConfig(_Strict):
     )
     max_tokens: int = Field(512, ge=1, description="longest answer in tokens; an answer cut here did not finish")
     stop: list[str] = Field(
-        default_factory=lambda: ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"],
-        description="stop strings, HumanEval's (not used with `chat`)",
+        default_factory=lambda: list(FUNCTION_STOP),
+        description="stop strings for raw prompts, shared with sampling (`sampling.stop: null`): the Codex stops "
+        "plus `assert`, `@`, a top-level docstring and a fence at column 0 (not used with `chat`)",
     )
     chat: bool = Field(
         False,
@@ -544,6 +552,12 @@ class Recipe(_Strict):
     engine: EngineConfig = Field(default_factory=EngineConfig, description="vLLM engine options")
     tracking: TrackingConfig = Field(default_factory=TrackingConfig, description="wandb besides `metrics.jsonl`")
     sweep: SweepConfig = Field(default_factory=SweepConfig, description="`ssd sweep`'s grid")
+
+    def sampling_stop(self) -> list[str]:
+        """The stop strings sampling uses: its own, or evaluation's for raw prompts (none for chat)."""
+        if self.sampling.stop is not None:
+            return self.sampling.stop
+        return [] if self.prompts.chat else list(self.evaluation.stop)
 
     def fingerprint(self) -> str:
         """Stable hash of every value that changes results, used for the default run id."""

@@ -24,7 +24,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--format", choices=export.FORMATS, default="peft", help="peft (default), merged, or peft-per-expert (MoE)"
     )
     p.add_argument(
-        "--dtype", choices=export.DTYPES, default="bfloat16", help="merged weights' dtype (verified in float32 first)"
+        "--dtype",
+        choices=export.DTYPES,
+        default="float32",
+        help="merged weights' dtype (default float32, as the eval stage serves merged copies; a cast that rounds "
+        "the adapter away is refused)",
     )
     p.add_argument(
         "--atol",
@@ -40,6 +44,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
+    from pipeline.evaluation.serving import ServingError
     from pipeline.models import MergeError
 
     setup_logging()
@@ -48,7 +53,7 @@ def command(args: argparse.Namespace) -> int:
         record = export.export(
             args.registry_dir, args.ref, args.out, args.format, dtype=args.dtype, atol=args.atol, force=args.force
         )
-    except MergeError as exc:  # the merged model failed its check
+    except (MergeError, ServingError) as exc:  # the merged model failed a check
         raise CommandFailed(f"{exc}; nothing written to {args.out}") from None
     src = record["source"]
     print(f"exported {src['name']}:{src['version']} as {record['format']} to {args.out}")

@@ -114,12 +114,16 @@ def summary(run_dir: Path, done: list[tuple[str, Manifest]]) -> str:
         *(f"{name:<10}{m.wall_s:>10.1f}" for name, m in done),
         "",
     ]
-    lines.append(f"{'benchmark':<14}{'model':<9}{'pass@1':>8}{'T_eval':>8}{'finished':>10}")
+    lines.append(f"{'benchmark':<14}{'model':<9}{'pass@1':>8}{'T_eval':>8}{'finished':>10}{'cut':>7}")
     for name, bench in metrics.benchmarks.items():
         for label in ("base", "adapter"):
             best = bench.best(label)
-            finished = bench.at_best(label).finish_rate
-            lines.append(f"{name:<14}{label:<9}{best.pass_at_1:>8.4f}{best.temperature:>8g}{finished:>10.2f}")
+            summary_at_best = bench.at_best(label)
+            cut = "-" if summary_at_best.cut_share is None else f"{summary_at_best.cut_share:.2f}"
+            lines.append(
+                f"{name:<14}{label:<9}{best.pass_at_1:>8.4f}{best.temperature:>8g}"
+                f"{summary_at_best.finish_rate:>10.2f}{cut:>7}"
+            )
         d = bench.delta
         test = f", p {d.p_value:.4f}" if d.p_value is not None else ""
         where = f" on {d.problems} confirmation problems" if d.problems else ""

@@ -1,15 +1,17 @@
 """``ssd export``: a registry adapter in the form a server loads, each form proven before it is written.
 
-    ssd export NAME[:VERSION] OUT --format peft|merged|peft-per-expert [--dtype bfloat16]
+    ssd export NAME[:VERSION] OUT --format peft|merged|peft-per-expert [--dtype float32]
 
 - ``peft``: the adapter as promoted (``adapter_config.json``, ``adapter_model.safetensors``)
   at the top of ``OUT``, with its model card (``README.md``) and lineage (``manifest.json``).
 - ``merged``: the adapter merged into its base: a plain model directory that vLLM and
   transformers load without PEFT. The merge runs in float32 and is checked there (logits equal
   the PEFT model's within ``atol`` on fixed prompts; every tensor the adapter trains, MoE
-  experts included, changed); only then is it cast to ``--dtype`` (bfloat16 by default) and
-  written, with the base's tokenizer and chat template and a ``generation_config.json`` whose
-  stop ids include the end-of-turn token (Gemma 3 ``<end_of_turn>``, Gemma 4 ``<turn|>``).
+  experts included, changed); only then is it cast to ``--dtype`` and written, with the base's
+  tokenizer and chat template and a ``generation_config.json`` whose stop ids include the
+  end-of-turn token (Gemma 3 ``<end_of_turn>``, Gemma 4 ``<turn|>``). The written file is then
+  reloaded in that dtype and must still carry the adapter's effect on next-token log-probs
+  (``evaluation.serving``): a cast that rounds the adapter away is refused, nothing written.
 - ``peft-per-expert``: PEFT stores a LoRA on fused 3D expert weights (``target_parameters``) as
   one pair of factors for all experts; servers that load only per-expert projections (vLLM's
   native MoE LoRA layout for Gemma 4 is one) need ``experts.{e}.gate_proj``/``up_proj``/
@@ -153,7 +155,7 @@ def generation_config(base: str, tokenizer, revision: str | None = None):
 
 
 def export_merged(
-    manifest: dict[str, Any], tmp: Path, *, dtype: str = "bfloat16", atol: float = MERGE_ATOL
+    manifest: dict[str, Any], tmp: Path, *, dtype: str = "float32", atol: float = MERGE_ATOL
 ) -> dict[str, Any]:
     import torch
 
@@ -167,12 +169,14 @@ def export_merged(
     merged.generation_config = generation_config(base, tokenizer, revision)
     merged.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    stops = merged.generation_config.eos_token_id
+    del merged  # the check reloads the written file: one copy of the weights at a time
+    served = served_check(base, adapter, tmp, dtype, revision)
     if Path(base).is_dir():
         for extra in TOKENIZER_EXTRAS:
             if (Path(base) / extra).is_file() and not (tmp / extra).exists():
                 shutil.copy2(Path(base) / extra, tmp / extra)
     _lineage(tmp, manifest)
-    stops = merged.generation_config.eos_token_id
     (tmp / registry.CARD).write_text(
         _card(
             manifest,
@@ -184,7 +188,9 @@ def export_merged(
                 f"(measured {figures['max_logit_diff']:.3g} on {figures['prompts']} prompts); "
                 f"{figures['changed_tensors']} tensors changed, every one of the "
                 f"{figures['trained_tensors']} the adapter trains "
-                f"among them. Then cast to {dtype}. Stop ids (generation_config.json): {stops}.",
+                f"among them. Then cast to {dtype}, and the written file reloaded in {dtype}: its effect on next-token "
+                f"log-probs is PEFT's within {served['error']:.3g} (the effect is {served['effect']:.3g}). "
+                f"Stop ids (generation_config.json): {stops}.",
                 "",
                 '`AutoModelForCausalLM.from_pretrained("<this directory>")`, or vLLM: `LLM(model="<this directory>")`, '
                 "`python -m vllm.entrypoints.openai.api_server --model <this directory>`.",
@@ -197,8 +203,23 @@ def export_merged(
     return {
         "dtype": dtype,
         "stop_token_ids": stops if isinstance(stops, list) else [stops],
-        "verification": {k: v for k, v in figures.items() if k != "changed"} | {"dtype_verified": "float32"},
+        "verification": {k: v for k, v in figures.items() if k != "changed"}
+        | {"dtype_verified": "float32", "written": served},
     }
+
+
+def served_check(base: str, adapter: Path, written: Path, dtype: str, revision: str | None = None) -> dict[str, Any]:
+    """The written merged model, reloaded and run in ``dtype``, must carry the adapter's effect on
+    next-token log-probs (``evaluation.serving``): a cast that rounds the adapter away is refused."""
+    from pipeline.evaluation import serving
+
+    peft_base, peft_adapted = serving.peft_logprobs(base, adapter, revision=revision)
+    figures = serving.adapter_effect(serving.transformers_logprobs(written, dtype), peft_base, peft_adapted)
+    try:
+        return serving.check(figures, f"the merged model written in {dtype}") | {"dtype": dtype}
+    except serving.ServingError as exc:
+        hint = "; export with --dtype float32" if dtype != "float32" else ""
+        raise serving.ServingError(f"{exc}{hint}") from None
 
 
 # Transformers' fused Gemma 4 experts: ``gate_up_proj`` is ``[gate; up]`` along its output rows.
@@ -380,7 +401,7 @@ def export(
     out: Path | str,
     fmt: str,
     *,
-    dtype: str = "bfloat16",
+    dtype: str = "float32",
     atol: float = MERGE_ATOL,
     force: bool = False,
 ) -> dict[str, Any]:

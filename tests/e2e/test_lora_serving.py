@@ -4,8 +4,10 @@ stage's check tells a served adapter from one vLLM ignores (the expert-LoRA trap
 import pytest
 
 from pipeline import generation, models
+from pipeline.evaluation import serving
+from pipeline.evaluation.serving import PROBES
 from pipeline.recipe import EngineConfig
-from pipeline.stages.eval import PROBES, lora_is_served
+from pipeline.stages.eval import served_logprobs
 
 pytestmark = pytest.mark.slow
 
@@ -41,9 +43,17 @@ def test_lora_request_changes_vllm_output_like_peft(tmp_path):
             o.outputs[0].token_ids for o in llm.generate(PROBES, [greedy] * 3, lora_request=lora, use_tqdm=False)
         ]
         assert plain != adapted  # the adapter reaches vLLM's forward pass
-        assert lora_is_served(llm, lora, base, trained)
+        peft_base, peft_adapted = serving.peft_logprobs(base, trained)
+        served_base = served_logprobs(llm)
+        figures = serving.adapter_effect(served_logprobs(llm, lora), peft_base, peft_adapted, served_base=served_base)
+        serving.check(figures, "vLLM LoRA")
         # vLLM given an adapter with no effect while PEFT's changes the output: what a dropped
         # adapter looks like. The check must refuse it (the stage then evaluates a merged copy).
-        assert not lora_is_served(llm, LoRARequest("inert", 2, str(inert)), base, trained)
+        inert_request = LoRARequest("inert", 2, str(inert))
+        dropped = serving.adapter_effect(
+            served_logprobs(llm, inert_request), peft_base, peft_adapted, served_base=served_base
+        )
+        with pytest.raises(serving.ServingError):
+            serving.check(dropped, "vLLM LoRA")
     finally:
         generation.close_engine()

@@ -74,11 +74,12 @@ def test_merged_export_is_verified_loads_without_peft_and_stops_on_end_of_turn(r
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     out = tmp_path / "merged"
-    assert _export_cli(reg, NAME, str(out), "--format", "merged") == 0
+    assert _export_cli(reg, NAME, str(out), "--format", "merged", "--dtype", "bfloat16") == 0
     assert not (out / "adapter_config.json").exists()  # a plain model directory
     record = json.loads((out / "export.json").read_text())
     check = record["verification"]
     assert check["max_logit_diff"] <= check["atol"] == export.MERGE_ATOL and check["dtype_verified"] == "float32"
+    assert check["written"]["dtype"] == "bfloat16" and check["written"]["error"] < 0.5 * check["written"]["effect"]
     assert check["trained_tensors"] == 18 and check["changed_tensors"] == 18  # 6 layers x (q_proj, gate_up, down)
     assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
     tokenizer = AutoTokenizer.from_pretrained(out)

@@ -5,7 +5,9 @@ import json
 import pytest
 
 from pipeline.evaluation import benchmarks, score
-from pipeline.evaluation.extract import last_code_block, solution
+from pipeline.evaluation.extract import last_code_block, sanitize, solution
+from pipeline.evaluation.sandbox import execute
+from pipeline.evaluation.score import score_samples
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +76,59 @@ def test_livecodebench_styles():
 def test_unknown_style_is_an_error():
     with pytest.raises(ValueError, match="unknown completion style 'instruct'; known: base, chat"):
         solution(STDIN_PROBLEM, "x", "instruct")
+
+
+# Base-model completions as Gemma 3 270M writes them on HumanEval (no completions are committed
+# under docs/experiments/, so these follow the shapes its samples take): a body, then top-level
+# rambling until a stop string or max_tokens.
+RAMBLING = {
+    "prose": "\n\nThis function checks every pair of numbers and returns True if two are close.\n"
+    "It's O(n^2) but that's fine for small lists",
+    "test calls": "\n\nprint(has_close_elements([1.0, 2.0, 3.0], 0.5))\nprint(has_close_elements([1.0, 2.8], 0.3",
+    "failing asserts": "\n\nassert has_close_elements([1.0, 2.0], 0.5) == True\n",
+    "reads input": "\n\nnumbers = [float(x) for x in input().split()]\nprint(has_close_elements(numbers, 0.5))\n",
+    "endless loop": "\n\nwhile True:\n    print(has_close_elements([1.0], 0.5))\n",
+    "second attempt": "\n\ndef has_close_elements(numbers, threshold):\n    return False\n",
+    "markdown": "\n```\n\n## Explanation\n\nWe compare each pair.",
+}
+CORRECT = (
+    "    for i, a in enumerate(numbers):\n        for j, b in enumerate(numbers):\n"
+    "            if i != j and abs(a - b) < threshold:\n                return True\n    return False\n"
+)
+WRONG = "    return len(numbers) > 1\n"
+
+
+@pytest.mark.parametrize("junk", sorted(RAMBLING))
+def test_sanitizer_keeps_a_correct_body_and_drops_rambling_through_the_sandbox(humaneval, junk):
+    """A correct body followed by rambling passes after sanitising (and did not before: a syntax
+    error, a failing assert, a loop that never ends, a wrong second attempt); a wrong body with
+    the same rambling still fails. Scored by the real sandbox through ``score_samples``."""
+    problem = humaneval["HumanEval/0"]
+    rows = [
+        {"task_id": problem["task_id"], "completion": CORRECT + RAMBLING[junk]},
+        {"task_id": problem["task_id"], "completion": WRONG + RAMBLING[junk]},
+    ]
+    scored, _ = score_samples([problem], rows, workers=2, timeout_s=3)
+    assert [row["passed"] for row in scored] == [True, False]
+    assert sanitize(problem["prompt"], CORRECT + RAMBLING[junk]).rstrip("\n") == CORRECT.rstrip("\n")
+    unsanitised = benchmarks.check_program(problem, problem["prompt"] + CORRECT + RAMBLING[junk], timeout_s=3)
+    assert not execute(unsanitised, timeout_s=3, module_name=benchmarks.MODULE_NAME).passed
+
+
+def test_sanitizer_keeps_helpers_and_drops_a_helper_cut_at_max_tokens(humaneval):
+    problem = humaneval["HumanEval/13"]  # greatest_common_divisor
+    body = "    return _gcd(a, b)\n\n"
+    helper = "def _gcd(a, b):\n    while b:\n        a, b = b, a % b\n    return a\n\n"
+    assert sanitize(problem["prompt"], body + helper + "print(greatest_common_divisor(3, 5))\n") == body + helper
+    cut = "def _lcm(a, b):\n    return a * b // _gcd(a,"  # max_tokens hit inside a second helper
+    assert sanitize(problem["prompt"], body + helper + cut) == body + helper
+    scored, _ = score_samples([problem], [{"task_id": problem["task_id"], "completion": body + helper + cut}])
+    assert scored[0]["passed"]
+
+
+def test_sanitizer_leaves_a_completion_it_cannot_cut_whole():
+    prompt = 'def f():\n    """Doc."""\n'
+    text = '    return """a\nb at column 0\n"""\n'  # a column-0 line inside a string
+    assert sanitize(prompt, text) == text
+    assert sanitize(prompt, "") == ""
+    assert sanitize("def g(x):\n    return x +", " 1\nprint(g(1))\n") == " 1\n"  # the prompt ends mid-line

@@ -35,7 +35,7 @@ def test_summarize_averages_over_problems():
     s = summarize(rows, ks=[1, 2])
     assert s.pass1 == pytest.approx(np.mean([0.5, 0.0]))
     assert s.pass_at[2] == pytest.approx(np.mean([1.0, 0.0]))
-    assert s.finish_rate == 0.75 and s.mean_completion_tokens == 20
+    assert s.finish_rate == 0.75 and s.cut_share == 0.25 and s.mean_completion_tokens == 20
     assert s.problems == 2 and s.samples == 4 and s.passed_samples == 1 and s.per_difficulty is None
     assert per_problem_pass1(rows) == {"a": 0.5, "b": 0.0}
     # metrics.json's layout: pass@k keys first, no per_difficulty when the problems have none
@@ -46,6 +46,7 @@ def test_summarize_averages_over_problems():
         "samples": 4,
         "passed_samples": 1,
         "finish_rate": 0.75,
+        "cut_share": 0.25,
         "mean_completion_tokens": 20.0,
     }
 
