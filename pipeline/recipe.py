@@ -229,10 +229,12 @@ class TrainingConfig(_Strict):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in backward: much less activation memory, about 30% slower"
     )
-    loss_path: Literal["supervised", "trl"] = Field(
-        "supervised",
+    loss_path: Literal["auto", "supervised", "trl"] = Field(
+        "auto",
         description="`supervised`: the LM head and loss only at completion tokens, in chunks (2.06x raw TRL on "
-        "CPU, same loss; checked against TRL's on the first batch, TRL's path if they differ); `trl`: TRL's own",
+        "CPU, same loss; checked against TRL's on the first batch, TRL's path if they differ); `trl`: TRL's own; "
+        "`auto`: the one chosen per device (`fastloss.choose_loss_path`: `supervised` on CPU and GPU), which "
+        "`ssd plan` prices",
     )
     group_by_length: bool = Field(
         True, description="batches of similar lengths (HF's length-grouped sampler): little padding"

@@ -16,6 +16,11 @@ This module is plain PyTorch: ``pipeline.training.trl`` builds the trainer that 
 The result is the loss TRL computes (sum of token losses over ``num_items_in_batch``): a
 start-up check there compares the two on the first batch and falls back to TRL's path, with a
 warning, for an architecture where they differ.
+
+Which path a run takes is decided in one place, ``choose_loss_path``: the train stage, the
+memory plan (``ssd plan``) and the GPU check (``bench/gpu_train.py``) all ask it, so the plan
+prices what the stage runs and the GPU measures what the plan priced. ``chunk_rows`` is the
+other number they share.
 """
 
 from __future__ import annotations
@@ -27,6 +32,39 @@ import torch
 log = logging.getLogger(__name__)
 
 _CHUNK_BYTES = 1 << 28  # fp32 logits per chunk: 256 MiB (256 rows of a 262k vocabulary)
+
+LOSS_PATHS = ("supervised", "trl")
+AUTO = "auto"
+# What ``training.loss_path: auto`` runs on each device type (the reasons: ``choose_loss_path``).
+AUTO_LOSS_PATH = {"cpu": "supervised", "cuda": "supervised"}
+
+
+def choose_loss_path(requested: str, device_type: str) -> str:
+    """The loss path the train stage runs on ``device_type`` (``"cpu"`` or ``"cuda"``) for the recipe's choice.
+
+    ``supervised`` or ``trl`` are taken as written. ``auto`` picks per device:
+
+    - cpu: ``supervised``. Measured on the embedded model: 2.06x raw TRL's tokens/s with the same
+      loss (``bench/RESULTS.md``); off Triton devices TRL 1.16 scores every position, padding
+      and prompt included, and their entropies.
+    - cuda: ``supervised``. TRL 1.16's fused head also scores only supervised rows there, so
+      neither path builds the full ``tokens x vocabulary`` logits; but TRL's recomputes the
+      projection in its backward (three passes of the head's matrix product against two here)
+      and needs TRL, which the GPU image lacks. This is the path ``bench/gpu_train.py``
+      measures and ``ssd plan`` prices; ``trl`` stays available as the recipe's explicit choice.
+    """
+    if requested in LOSS_PATHS:
+        return requested
+    if requested != AUTO:
+        raise ValueError(f"loss path {requested!r}: one of {AUTO}, {', '.join(LOSS_PATHS)}")
+    if device_type not in AUTO_LOSS_PATH:
+        raise ValueError(f"device type {device_type!r}: one of {', '.join(AUTO_LOSS_PATH)}")
+    return AUTO_LOSS_PATH[device_type]
+
+
+def chunk_rows(vocab: int) -> int:
+    """Rows of logits computed at once: 256 MiB of fp32 logits (256 rows of a 262k vocabulary)."""
+    return max(1, _CHUNK_BYTES // (4 * vocab))
 
 
 class _SupervisedCrossEntropy(torch.autograd.Function):
@@ -114,7 +152,7 @@ def supervised_loss(causal_lm, inputs: dict, num_items_in_batch=None) -> tuple[t
         raise NotImplementedError("supervised-only loss: LM heads with a bias are not supported")
     softcap, scale = head_settings(causal_lm)
     rows = hidden[mask]
-    chunk = max(1, _CHUNK_BYTES // (4 * head.weight.shape[0]))
+    chunk = chunk_rows(head.weight.shape[0])
     total, correct = supervised_cross_entropy(rows, head.weight, targets[mask], softcap, scale, chunk)
     count = int(mask.sum())
     denominator = num_items_in_batch if num_items_in_batch is not None else max(count, 1)

@@ -38,19 +38,29 @@ The model (all sizes in bytes; ``a`` = 2 for bf16 activations, ``L`` = sequence 
   expert tensors come back, plus that layer's backward buffers.
 - backward buffers of one layer: the gradient of its largest effective expert tensor (full
   size, weight dtype) plus gradients of the same size as its activations.
-- logits: the 262k-vocabulary output layer dominates at long sequences. Saved: the soft-capped
-  logits ``a·V·T`` (the ``tanh`` output) and fp32 log-probabilities ``4·V·T``; at the start of
-  backward two fp32 gradient buffers ``8·V·T`` join them (14 bytes per vocabulary entry per
-  token with soft-capping: 14 GiB at 4096 tokens).
+- the loss head: the 262k-vocabulary output layer, priced for the loss path the stage runs on the
+  device (``fastloss.choose_loss_path``; neither path builds the full ``V x T`` logits):
+  * ``supervised`` (``fastloss``): the final RMSNorm's fp32 input ``4·h·T``, the hidden rows at
+    supervised positions and their gradient (computed in the forward) ``2·a·h·T``, and one chunk
+    of ``fastloss.chunk_rows(V)`` rows at a time: fp32 logits, the ``tanh`` soft-cap and one
+    temporary, 12 bytes per entry (6 without a soft-cap);
+  * ``trl`` (TRL 1.16's fused head, read from ``trl/kernels/chunked_logprob.py``): the norm input
+    and the hidden rows ``(4 + a)·h·T``, a ``min(T, 4096) x 32768`` tile in the compute dtype, and
+    in its backward an fp32 gradient of the hidden rows ``4·h·T``.
+  Every token of the micro batch is counted as supervised (the worst case).
 - overhead: a fixed allowance for the CUDA context, cuBLAS workspaces and kernels (1.0 GiB)
   plus 5% of everything else for allocator fragmentation. An allowance, not a measurement.
 
-The peak is the larger of two moments: the start of backward through the output layer (all
-saved activations + logits buffers), and backward through one decoder layer (saved
+The peak is the larger of two moments: the loss head (all saved activations + the head's
+buffers; with ``supervised`` that is the end of the forward, where the head's gradient is
+computed), and backward through one decoder layer (saved
 activations + that layer's recomputed activations with checkpointing + its backward buffers).
 
+``bench/gpu_train.py`` measures both moments on a GPU with the real architecture and prints them
+beside these figures.
+
 Not modelled: Axolotl's fused kernels (ScatterMoE LoRA, cut cross-entropy), which avoid the
-expert tensor and the logits; SDPA falling back to its math kernel (``L x L`` scores per
+expert tensor; SDPA falling back to its math kernel (``L x L`` scores per
 head), which transformers avoids for Gemma 4's 512-wide global heads by repeating K/V
 (transformers PR #46960); the optimizer step's temporaries, which come after the
 activations are freed.
@@ -61,7 +71,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict, dataclass, field
 
-from pipeline.training import peft_layout, targets
+from pipeline.training import fastloss, peft_layout, targets
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +80,7 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 ADAPTER_BYTES = 4  # PEFT fp32 adapter weights (autocast_adapter_dtype=True)
 CUDA_CONTEXT_BYTES = 1 * GIB
 FRAGMENTATION = 0.05
+TRL_TOKEN_TILE, TRL_VOCAB_TILE = 4096, 32768  # TRL 1.16's fused LM head tile (kernels/chunked_logprob.py)
 
 
 class MemoryPlanError(RuntimeError):
@@ -108,12 +119,14 @@ class MemoryPlan:
     seq_len: int
     micro_batch_size: int
     gradient_checkpointing: bool
+    loss_path: str
     device_gib: float
     trainable_parameters: int
     total_parameters: int
     rows: list[Row]
     peak_bytes: int
     peak_moment: str
+    moments: dict[str, int] = field(default_factory=dict)  # each moment's bytes before the overhead allowance
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -136,7 +149,7 @@ class MemoryPlan:
         head = (
             f"memory plan: {self.model}, {self.seq_len} tokens x micro batch {self.micro_batch_size}, "
             f"gradient checkpointing {'on' if self.gradient_checkpointing else 'off'}, "
-            f"{self.trainable_parameters:,} LoRA parameters"
+            f"loss path {self.loss_path}, {self.trainable_parameters:,} LoRA parameters"
         )
         lines = [head, f"{'component':<34}{'GiB':>9}  formula"]
         lines += [f"{r.name:<34}{r.bytes / GIB:>9.2f}  {r.formula}" for r in self.rows]
@@ -210,25 +223,38 @@ def layer_weight_copies(layer, weight_bytes: int) -> tuple[int, int]:
 
 
 def estimate(
-    model_path: str,
+    model_path,
     lora_cfg: targets.LoraSettings,
     *,
     seq_len: int,
     micro_batch_size: int,
     gradient_checkpointing: bool,
+    loss_path: str = "supervised",
     device_gib: float = 80.0,
     weight_dtype: str = "bfloat16",
     revision: str | None = None,
 ) -> MemoryPlan:
-    """The memory plan of a LoRA SFT run (see the module docstring for every formula)."""
+    """The memory plan of a LoRA SFT run (see the module docstring for every formula).
+
+    ``model_path`` is anything ``targets.load_config`` reads, or a transformers config (a reduced
+    shape, as ``bench/gpu_train.py --layers`` builds); ``loss_path`` is a resolved one
+    (``fastloss.choose_loss_path``).
+    """
     import torch
     from peft import get_peft_model
 
     if weight_dtype not in DTYPE_BYTES:
         raise ValueError(f"weight_dtype {weight_dtype!r}: expected one of {sorted(DTYPE_BYTES)}")
+    if loss_path not in fastloss.LOSS_PATHS:
+        raise ValueError(f"loss_path {loss_path!r}: one of {', '.join(fastloss.LOSS_PATHS)} (resolve 'auto' first)")
     w = DTYPE_BYTES[weight_dtype]
     a = w  # activations follow the compute dtype: bf16 autocast on GPU, fp32 without
-    config = targets.load_config(model_path, revision)
+    config = targets.load_config(model_path, revision) if isinstance(model_path, str) else model_path
+    model_path = (
+        model_path
+        if isinstance(model_path, str)
+        else f"{config.model_type} ({config.get_text_config().num_hidden_layers} layers)"
+    )
     text = config.get_text_config()
     model = targets.build_meta_model(config, dtype=getattr(torch, weight_dtype))
     n_weights = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
@@ -248,9 +274,7 @@ def estimate(
     one_layer = per_layer[widest].per_token * tokens
     one_expert, largest_expert = expert[widest]
     layer_backward = largest_expert + one_layer
-    softcap = getattr(text, "final_logit_softcapping", None)
-    logits_saved = tokens * (vocab * (4 + (a if softcap else 0)) + 4 * hidden)
-    logits_backward = tokens * vocab * 8
+    head_rows = head_memory(loss_path, tokens, hidden, vocab, a, bool(getattr(text, "final_logit_softcapping", None)))
 
     rows = [
         Row("weights", n_weights * w, f"{n_weights:,} parameters and buffers x {w} B ({weight_dtype})"),
@@ -283,27 +307,22 @@ def estimate(
             ),
         ]
         layer_peak_extra = layer_backward
+    rows += head_rows
     rows += [
-        Row(
-            "logits (saved)",
-            logits_saved,
-            f"{tokens} tokens x V {vocab:,} x ({'2 softcap + ' if softcap else ''}4 fp32 log-probs) B",
-        ),
-        Row("logits backward buffers", logits_backward, f"{tokens} tokens x V x 2 x 4 B (fp32 grads)"),
         Row(
             "layer backward buffers", layer_backward, "largest expert W+BA gradient + one layer's activation gradients"
         ),
     ]
     static = rows[0].bytes + rows[1].bytes + rows[2].bytes + rows[3].bytes
-    at_logits = static + saved + logits_saved + logits_backward
+    at_head = static + saved + sum(r.bytes for r in head_rows)
     at_layer = static + saved + layer_peak_extra
-    moment = "backward at the output layer" if at_logits >= at_layer else "backward through a decoder layer"
-    dynamic = max(at_logits, at_layer)
+    moment = "loss head" if at_head >= at_layer else "backward through a decoder layer"
+    dynamic = max(at_head, at_layer)
     overhead = CUDA_CONTEXT_BYTES + int(FRAGMENTATION * dynamic)
     rows.append(Row("CUDA context + fragmentation", overhead, "1.0 GiB + 5% of the rest (allowance)"))
     notes = [
-        f"peak = the larger moment plus overhead, not the sum of the lines: output layer {at_logits / GIB:.2f} GiB "
-        f"(static + saved + logits), decoder layer {at_layer / GIB:.2f} GiB (static + saved + one layer's backward)"
+        f"peak = the larger moment plus overhead, not the sum of the lines: loss head {at_head / GIB:.2f} GiB "
+        f"(static + saved + head), decoder layer {at_layer / GIB:.2f} GiB (static + saved + one layer's backward)"
     ]
     if expert_all:
         notes.append(
@@ -311,20 +330,22 @@ def estimate(
             "gradient checkpointing keeps one layer's copy instead of all"
         )
     notes.append(
-        f"logits are {logits_saved / tokens / vocab:.0f}+8 B per vocabulary entry per token; "
-        "a chunked or fused cross-entropy would remove most of that line"
+        f"loss path {loss_path}: the logits over V {vocab:,} are never built whole "
+        f"(the full tensor with its gradients would be {14 * tokens * vocab / GIB:.1f} GiB)"
     )
     plan = MemoryPlan(
         model=str(model_path),
         seq_len=seq_len,
         micro_batch_size=micro_batch_size,
         gradient_checkpointing=gradient_checkpointing,
+        loss_path=loss_path,
         device_gib=device_gib,
         trainable_parameters=trainable,
         total_parameters=n_weights,
         rows=rows,
         peak_bytes=dynamic + overhead,
         peak_moment=moment,
+        moments={"loss head": at_head, "backward through a decoder layer": at_layer},
         notes=notes,
     )
     log.info(
@@ -336,8 +357,38 @@ def estimate(
     return plan
 
 
-def plan_recipe(recipe, device_gib: float = 80.0) -> MemoryPlan:
-    """The plan of a recipe's train stage: its model, LoRA, ``max_length``, micro batch and checkpointing."""
+def head_memory(loss_path: str, tokens: int, hidden: int, vocab: int, act_bytes: int, softcap: bool) -> list[Row]:
+    """The loss head's rows for a resolved loss path (see the module docstring); every token supervised."""
+    norm_input = 4 * hidden * tokens
+    if loss_path == "supervised":
+        chunk = min(tokens, fastloss.chunk_rows(vocab))
+        per_entry = 12 if softcap else 6
+        return [
+            Row(
+                "loss head: rows and their gradient",
+                norm_input + 2 * act_bytes * hidden * tokens,
+                f"{tokens} tokens x h {hidden} x (4 B norm input + 2 x {act_bytes} B rows and gradient)",
+            ),
+            Row(
+                "loss head: one chunk of logits",
+                chunk * vocab * per_entry,
+                f"{chunk} rows x V {vocab:,} x {per_entry} B (fp32 logits{', soft-cap' if softcap else ''}, temporary)",
+            ),
+        ]
+    tile = min(tokens, TRL_TOKEN_TILE) * min(vocab, TRL_VOCAB_TILE) * act_bytes
+    return [
+        Row(
+            "loss head: rows and their gradient",
+            norm_input + (act_bytes + 4) * hidden * tokens,
+            f"{tokens} tokens x h {hidden} x (4 B norm input + {act_bytes} B rows + 4 B fp32 gradient)",
+        ),
+        Row("loss head: TRL tile", tile, f"min(T, {TRL_TOKEN_TILE}) x {TRL_VOCAB_TILE} x {act_bytes} B"),
+    ]
+
+
+def plan_recipe(recipe, device_gib: float = 80.0, device_type: str = "cuda") -> MemoryPlan:
+    """The plan of a recipe's train stage on ``device_type``: its model, LoRA, ``max_length``, micro
+    batch, checkpointing, and the loss path the stage runs there (``fastloss.choose_loss_path``)."""
     cfg = recipe.training
     return estimate(
         recipe.model.id,
@@ -345,6 +396,7 @@ def plan_recipe(recipe, device_gib: float = 80.0) -> MemoryPlan:
         seq_len=cfg.max_length,
         micro_batch_size=cfg.micro_batch_size,
         gradient_checkpointing=cfg.gradient_checkpointing,
+        loss_path=fastloss.choose_loss_path(cfg.loss_path, device_type),
         device_gib=device_gib,
         revision=recipe.model.revision,
     )

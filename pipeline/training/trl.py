@@ -9,7 +9,8 @@ Silent-failure checks (docs/facts.md, "Traps that fail silently"): every example
 supervised tokens, and the labels TRL actually built are checked again (TRL drops fully masked
 rows on its own).
 
-``training.loss_path`` is an option of the trainer built here (``SSDTrainer.loss_path``):
+``training.loss_path`` is an option of the trainer built here (``SSDTrainer.loss_path``), resolved
+for the device by ``fastloss.choose_loss_path`` (``auto``: ``supervised`` on CPU and GPU):
 ``supervised`` computes the training loss with ``fastloss`` (logits only where the loss is
 taken), after checking on the first batch that it equals TRL's; ``trl`` is TRL's own loss.
 
@@ -33,7 +34,6 @@ from pipeline.training import fastloss, peft_layout
 
 log = logging.getLogger(__name__)
 
-LOSS_PATHS = ("supervised", "trl")
 INCOMPLETE = "incomplete"  # where checkpoints cut short by a kill are moved, inside the output directory
 
 
@@ -124,8 +124,8 @@ class SSDTrainer(SFTTrainer):
     """
 
     def __init__(self, *args, loss_path: str = "trl", **kwargs):
-        if loss_path not in LOSS_PATHS:
-            raise ValueError(f"loss_path {loss_path!r}: one of {', '.join(LOSS_PATHS)}")
+        if loss_path not in fastloss.LOSS_PATHS:
+            raise ValueError(f"loss_path {loss_path!r}: one of {', '.join(fastloss.LOSS_PATHS)}")
         super().__init__(*args, **kwargs)
         self.loss_path = loss_path
 
@@ -198,7 +198,7 @@ def make_trainer(recipe: Recipe, model_path: str, examples: list[dict], output_d
         train_dataset=Dataset.from_list(examples),
         processing_class=tokenizer,
         peft_config=peft_lora_config(model.config, cfg.lora),
-        loss_path=cfg.loss_path,
+        loss_path=fastloss.choose_loss_path(cfg.loss_path, "cuda" if gpu else "cpu"),
     )
     check_labels(trainer.train_dataset, len(examples))
     if trainer.loss_path == "supervised":

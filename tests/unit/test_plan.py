@@ -5,7 +5,7 @@ import torch
 
 from pipeline import models
 from pipeline.recipe import LoraConfig
-from pipeline.training import plan, targets
+from pipeline.training import fastloss, peft_layout, plan, targets
 
 GIB = 1024**3
 LORA = LoraConfig(r=8, alpha=16, target_modules="auto", target_parameters=["experts.gate_up_proj", "experts.down_proj"])
@@ -37,8 +37,10 @@ def test_static_rows_match_a_real_peft_model(tiny_path, real_tiny):
     assert p.row("LoRA parameters").bytes == p.row("LoRA gradients").bytes == n_lora * 4
     assert p.row("AdamW states (m, v)").bytes == n_lora * 8
     tokens, vocab, hidden = 2 * 128, 262_144, 64
-    assert p.row("logits (saved)").bytes == tokens * (vocab * 4 + hidden * 4)  # no soft-cap on the tiny config
-    assert p.row("logits backward buffers").bytes == tokens * vocab * 8
+    # the supervised loss path: norm input, rows and their gradient; one 256-row chunk of logits (no soft-cap here)
+    assert p.loss_path == "supervised"
+    assert p.row("loss head: rows and their gradient").bytes == tokens * hidden * (4 + 2 * 2)
+    assert p.row("loss head: one chunk of logits").bytes == fastloss.chunk_rows(vocab) * vocab * 6
     # weight copies: per layer W+BA of gate_up (8x64x64) and down (8x64x32) in bf16 with bf16 factors
     # r*E*(in+out), autocast's bf16 copies of the other LoRA factors, fp32 copies of the norm weights
     experts = (8 * 64 * 64 + 8 * 64 * 32) * 2 + 8 * 8 * ((64 + 64) + (32 + 64)) * 2
@@ -68,8 +70,9 @@ def _saved_bytes_per_layer(peft_model, input_ids) -> tuple[dict[str, int], int]:
     stack = plan.language_model(peft_model)
     handles = [layer.register_forward_pre_hook(enter(f"layer{i}")) for i, layer in enumerate(stack.layers)]
     handles.append(stack.norm.register_forward_pre_hook(enter("head")))
+    inputs = {"input_ids": input_ids, "labels": input_ids}
     with torch.autocast("cpu", dtype=torch.bfloat16), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = peft_model(input_ids=input_ids, labels=input_ids).loss
+        loss, _, _ = fastloss.supervised_loss(peft_layout.causal_lm(peft_model), inputs)
     for handle in handles:
         handle.remove()
     assert loss.requires_grad
@@ -94,7 +97,10 @@ def test_activation_formula_matches_what_autograd_saves(tiny_path, real_tiny):
         # 2%: tight enough that leaving out the expert W+BA copy (7% here) would fail
         assert measured[f"layer{i}"] == pytest.approx(expected, rel=0.02), i
     estimate = plan.estimate(tiny_path, LORA, seq_len=L, micro_batch_size=b, gradient_checkpointing=False)
-    assert measured["head"] == pytest.approx(estimate.row("logits (saved)").bytes, rel=0.01)
+    # what the supervised path keeps (norm input, the rows' gradient) is within the head row, which also
+    # counts the selected rows alive during the forward
+    head_row = estimate.row("loss head: rows and their gradient").bytes
+    assert 0.6 * head_row < measured["head"] <= head_row
 
 
 def test_checkpointing_keeps_one_layers_expert_tensors_and_totals_add_up(tiny_path, real_tiny):
@@ -126,3 +132,34 @@ def test_gemma4_26b_verdicts_on_80_gib():
         plan.MemoryPlanError, match=r"needs about \d+\.\d GiB .* has 80\.0 GiB .*gradient_checkpointing=true"
     ):
         plan.check_fits(too_big)
+
+
+def test_one_loss_path_decision_for_stage_plan_and_gpu_check():
+    assert fastloss.choose_loss_path("auto", "cpu") == fastloss.choose_loss_path("auto", "cuda") == "supervised"
+    assert fastloss.choose_loss_path("trl", "cuda") == "trl"
+    with pytest.raises(ValueError, match="device type 'mps'"):
+        fastloss.choose_loss_path("auto", "mps")
+    with pytest.raises(ValueError, match="resolve 'auto' first"):
+        plan.estimate(
+            "google/gemma-4-26B-A4B",
+            LORA,
+            seq_len=64,
+            micro_batch_size=1,
+            gradient_checkpointing=True,
+            loss_path="auto",
+        )
+
+
+def test_gemma4_26b_no_longer_prices_full_logits():
+    """At 4096 tokens the full 262k logits with their gradients would be 14 GiB; neither loss path builds them."""
+    lora = LORA.model_copy(update={"r": 16, "alpha": 32})
+    kwargs = dict(seq_len=4096, micro_batch_size=1, gradient_checkpointing=True)
+    ours = plan.estimate("google/gemma-4-26B-A4B", lora, loss_path="supervised", **kwargs)
+    trl = plan.estimate("google/gemma-4-26B-A4B", lora, loss_path="trl", **kwargs)
+    for p in (ours, trl):
+        head = sum(r.bytes for r in p.rows if r.name.startswith("loss head"))
+        assert head < 1 * GIB
+        assert p.moments["loss head"] < p.moments["backward through a decoder layer"]
+        assert p.peak_moment == "backward through a decoder layer"
+    assert ours.row("loss head: one chunk of logits").bytes == 256 * 262_144 * 12  # soft-capped
+    assert ours.peak_bytes / GIB == pytest.approx(65.35, abs=0.01)
