@@ -111,8 +111,11 @@ def test_sanitizer_keeps_a_correct_body_and_drops_rambling_through_the_sandbox(h
     scored, _ = score_samples([problem], rows, workers=2, timeout_s=3)
     assert [row["passed"] for row in scored] == [True, False]
     assert sanitize(problem["prompt"], CORRECT + RAMBLING[junk]).rstrip("\n") == CORRECT.rstrip("\n")
-    unsanitised = benchmarks.check_program(problem, problem["prompt"] + CORRECT + RAMBLING[junk], timeout_s=3)
-    assert not execute(unsanitised, timeout_s=3, module_name=benchmarks.MODULE_NAME).passed
+    # the same program without sanitising, with HumanEval's own check appended, fails
+    raw = (
+        problem["prompt"] + CORRECT + RAMBLING[junk] + "\n\n" + problem["test"] + f"\ncheck({problem['entry_point']})\n"
+    )
+    assert not execute(raw, timeout_s=3).passed
 
 
 def test_sanitizer_keeps_helpers_and_drops_a_helper_cut_at_max_tokens(humaneval):
