@@ -40,7 +40,8 @@ def sanitize(prompt: str, completion: str) -> str:
     comments do not), the first block (the body of the prompt's function) is kept, then every
     following block that defines something (``def``, ``class``, a decorator, an import), up to
     the first that does not, or that defines a name again (a second attempt at the function
-    would replace the first): the cut. If the kept text does not parse with the prompt, trailing
+    would replace the first): the cut. A completion with no body that restates the function from
+    column 0 keeps that definition as its answer. If the kept text does not parse with the prompt, trailing
     helpers are dropped (one cut at ``max_tokens`` mid-definition); if even the body alone does
     not parse while the whole completion does (a column-0 line inside a multi-line string), the
     completion is kept whole. A wrong body stays wrong: nothing is added or repaired.
@@ -53,10 +54,20 @@ def sanitize(prompt: str, completion: str) -> str:
         blocks[-1].append(line)
     kept = [blocks[0]]
     defined = set(_DEFINED.findall(prompt))
+    # No body: the function is restated from column 0 (a whole-function answer, or MBPP's
+    # reference code): everything up to its first restatement is the answer, not a second attempt.
+    restating = not "".join(blocks[0]).strip()
     for block in blocks[1:]:
         name = _DEFINED.match(block[0])
-        if not block[0].startswith(HELPER_STARTS) or (name and name.group(1) in defined):
+        if not block[0].startswith(HELPER_STARTS):
+            if restating:  # module-level set-up before the restated function (a constant, a table)
+                kept.append(block)
+                continue
             break
+        if name and name.group(1) in defined:
+            if not restating:
+                break
+            restating = False
         defined |= {name.group(1)} if name else set()
         kept.append(block)
     for end in range(len(kept), 0, -1):

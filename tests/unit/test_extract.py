@@ -135,3 +135,12 @@ def test_sanitizer_leaves_a_completion_it_cannot_cut_whole():
     assert sanitize(prompt, text) == text
     assert sanitize(prompt, "") == ""
     assert sanitize("def g(x):\n    return x +", " 1\nprint(g(1))\n") == " 1\n"  # the prompt ends mid-line
+
+
+def test_sanitizer_keeps_a_whole_function_answer_with_its_set_up():
+    """A completion with no body that restates the function from column 0 (MBPP's reference code
+    does) keeps its module-level set-up and the restated function, and still drops what follows."""
+    prompt = 'def f(x):\n    """Double x."""\n'
+    answer = "import math\nSCALE = 2\ndef f(x):\n    return SCALE * x\n"
+    assert sanitize(prompt, answer + "print(f(3))\n") == answer
+    assert sanitize(prompt, answer + "def f(x):\n    return 0\n") == answer  # a second attempt is cut
