@@ -310,7 +310,7 @@ def test_real_server_answers_for_base_and_adapter_rolls_back_and_stops_cleanly(t
             os.killpg(server_pid, 0)  # the server and its engine process are gone
         with socket.socket() as sock:  # nothing listens on the port any more ...
             assert sock.connect_ex(("127.0.0.1", port)) != 0
-        assert serve._port_free(
+        assert serve.port_free(
             "127.0.0.1", port
         )  # ... and a restarted server can bind it (closed connections may linger in TIME_WAIT)
     finally:
