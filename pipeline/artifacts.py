@@ -10,6 +10,8 @@ match its schema is a ``ArtifactError`` naming the file and the field, with what
   confirmation parts, which decided), each model's T_eval, and on the confirmation part the delta
   with its interval and exact test, the finish-rate difference at the adapter's T_eval, and the
   comparison's sizing.
+  When the registry already serves a version under the name, ``champion`` holds the same
+  comparisons with that version in the base's place.
 - ``Decision`` (``promotion.json``): the gate's verdict, one reason line per rule.
 - ``Manifest`` (``manifests/<stage>.json``): a finished stage's key, parameters, input hashes,
   outputs, counts, timings and versions.
@@ -233,6 +235,24 @@ class BenchmarkMetrics(_Artifact):
         return self.row_at(self.best(label).temperature).model(label)
 
 
+class ChampionMetrics(_Artifact):
+    """The registry's current version (the champion) against the adapter (the challenger).
+
+    Evaluated like the adapter (same problems, seeds, T_eval grid and protocol); ``benchmarks``
+    holds the paired comparisons with the champion in the base's place (``base_best``, ``delta``:
+    challenger - champion), so the gate applies its rules to it unchanged. ``skipped`` says why a
+    champion was not evaluated (then ``benchmarks`` is empty and the gate refuses to promote).
+    """
+
+    name: str
+    version: str
+    adapter_sha256: str
+    serving: str | None = None
+    serving_check: dict[str, Any] | None = None
+    skipped: str | None = None
+    benchmarks: dict[str, BenchmarkMetrics] = {}
+
+
 class EvalMetrics(_Artifact):
     target: str
     adapter_serving: str
@@ -243,12 +263,16 @@ class EvalMetrics(_Artifact):
         "(``evaluation.serving``): effect, error, tokens, tolerance, the served dtype",
     )
     benchmarks: dict[str, BenchmarkMetrics]
+    champion: ChampionMetrics | None = Field(
+        None, description="the registry's current version, evaluated beside the base (absent in a first cycle)"
+    )
 
     @model_serializer(mode="wrap")
-    def _omit_unrecorded_serving_check(self, handler) -> dict[str, Any]:
+    def _omit_unrecorded(self, handler) -> dict[str, Any]:
         out = handler(self)
-        if out.get("serving_check") is None:
-            out.pop("serving_check", None)
+        for optional in ("serving_check", "champion"):
+            if out.get(optional) is None:
+                out.pop(optional, None)
         return out
 
     @model_validator(mode="after")
@@ -266,6 +290,14 @@ class EvalMetrics(_Artifact):
     @property
     def target_metrics(self) -> BenchmarkMetrics:
         return self.benchmarks[self.target]
+
+    def versus_champion(self) -> EvalMetrics | None:
+        """The adapter against the champion as metrics the gate reads (the champion as "base"), or
+        None when no champion was evaluated."""
+        champion = self.champion
+        if champion is None or champion.skipped or self.target not in champion.benchmarks:
+            return None
+        return self.model_copy(update={"benchmarks": champion.benchmarks, "champion": None})
 
 
 # --- promotion.json --------------------------------------------------------------------------

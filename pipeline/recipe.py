@@ -424,9 +424,17 @@ class PromotionConfig(_Strict):
     the exact paired test's one-sided p-value is at most ``alpha``, and the finish rate at the
     adapter's T_eval (both models there) drops by at most ``max_finish_rate_drop``. Each guard is
     a non-inferiority test: the lower bound of its paired delta is above ``-max_regression``.
+    When the registry already serves a version under the name (the champion), the same rules
+    must also pass with the champion in the base's place, so ``latest`` never moves backwards.
     """
 
     enabled: bool = Field(True, description="`false`: never promote")
+    against_champion: bool = Field(
+        True,
+        description="evaluate the registry's current version under the name (the champion) beside the base and "
+        "promote only an adapter that beats it by the same rules; `false` compares with the base only (to replace "
+        "a champion trained on another base model, deliberately)",
+    )
     name: str | None = Field(
         None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="registry name (`null`: the recipe's `name`)"
     )

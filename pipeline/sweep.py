@@ -141,6 +141,9 @@ def point_recipe(base: Recipe, name: str, overrides: dict[str, Any], sweep_dir: 
     data.update(run_id=name, runs_dir=str(sweep_dir / POINTS), registry_dir=str(sweep_dir / "registry"))
     data["evaluation"]["base_dir"] = str(sweep_dir / BASE_EVAL)
     data["evaluation"]["always_split"] = True  # the best point is chosen on the selection part
+    # Points are judged against the base (and, through Holm, against each other), not in sweep
+    # order against whichever earlier point reached the sweep's own registry first.
+    data["promotion"]["against_champion"] = False
     try:
         return Recipe.model_validate(data)
     except Exception as exc:  # pydantic's message names the field

@@ -35,6 +35,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,10 @@ _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 class RegistryError(Exception):
     """A name, version or input the registry cannot use; the message says what exists."""
+
+
+class ChampionMovedError(RegistryError):
+    """``latest`` moved between the evaluation and the promotion of an adapter."""
 
 
 def _check_name(name: str) -> None:
@@ -346,13 +351,73 @@ def _lock(name_dir: Path) -> FileLock:
     return FileLock(str(name_dir / LOCK), timeout=LOCK_TIMEOUT_S)
 
 
-def promote(registry_dir: Path | str, name: str, adapter_dir: Path | str, manifest: dict[str, Any]) -> str:
+@dataclass(frozen=True)
+class Champion:
+    """The version a new adapter must beat: what ``latest`` serves now."""
+
+    name: str
+    version: str
+    adapter: Path
+    adapter_sha256: str
+    base_model: tuple[str, str | None]
+
+
+def champion(registry_dir: Path | str, name: str, own_adapter_sha256: str) -> Champion | None:
+    """The version ``latest`` names, or None when the registry has none under ``name`` (a first cycle).
+
+    When ``latest`` is the adapter being judged (a finished run rerun after it was promoted), its
+    champion is the version it was judged against then (``previous_latest``), so a rerun reuses
+    its evaluation instead of comparing the adapter with itself.
+    """
+    name_dir = Path(registry_dir) / name
+    _check_name(name)
+    if not _versions(name_dir):
+        return None
+    version = _read_latest(name_dir)
+    seen = set()
+    while version is not None and version not in seen:
+        seen.add(version)
+        if version not in _versions(name_dir):
+            _pick(Path(registry_dir), name, None)  # raises the error that names the broken pointer
+        manifest = _read_manifest(name_dir / version)
+        if manifest.get("adapter_sha256") != own_adapter_sha256:
+            return Champion(
+                name,
+                version,
+                name_dir / version / ADAPTER,
+                runs.hash_path(name_dir / version / ADAPTER),
+                base_model(manifest),
+            )
+        version = manifest.get("previous_latest")
+    return None
+
+
+class _Any:
+    def __repr__(self) -> str:
+        return "any"
+
+
+ANY_LATEST: Any = _Any()
+
+
+def promote(
+    registry_dir: Path | str,
+    name: str,
+    adapter_dir: Path | str,
+    manifest: dict[str, Any],
+    *,
+    expect_latest: str | None = ANY_LATEST,
+) -> str:
     """Add ``adapter_dir`` as the next version of ``name``, point ``latest`` at it, return the version.
 
     ``manifest`` carries the lineage the caller knows (``LINEAGE_KEYS`` at least, plus e.g.
     ``run_id`` and ``code_version`` as recorded when the run started); the registry adds
     ``name``, ``version``, ``promoted_at``, ``adapter_sha256``, ``previous_latest`` and, if
     absent, ``code_version`` at promotion time.
+
+    ``expect_latest``: the version the adapter was judged against (None: there was none). If
+    ``latest`` names another one when the lock is held (another job promoted in between), nothing
+    is added: a ``ChampionMovedError`` says to evaluate against the new champion.
     """
     _check_name(name)
     adapter_dir = Path(adapter_dir)
@@ -379,6 +444,13 @@ def promote(registry_dir: Path | str, name: str, adapter_dir: Path | str, manife
         try:
             with _lock(name_dir):
                 _remove_stale_incoming(name_dir)
+                now = _read_latest(name_dir)
+                if expect_latest is not ANY_LATEST and now != expect_latest:
+                    raise ChampionMovedError(
+                        f"{name_dir / LATEST} names {now or 'no version'}, but this adapter was judged against "
+                        f"{expect_latest or 'no champion'} (another job promoted in between); nothing was promoted: "
+                        "rerun, and the eval stage evaluates it against the new champion"
+                    )
                 versions = _versions(name_dir)
                 version = f"v{(int(versions[-1][1:]) + 1 if versions else 1):04d}"
                 record.update(

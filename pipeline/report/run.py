@@ -183,6 +183,45 @@ def _pass1_section(metrics: EvalMetrics | None) -> Section:
     return section
 
 
+def _champion_section(metrics: EvalMetrics | None) -> Section:
+    """Base, champion (the registry's version when the run was evaluated) and challenger side by side."""
+    section = Section("Champion vs challenger")
+    champion = metrics.champion if metrics else None
+    if champion is None:
+        section.text = [
+            "No champion: the registry served no version under this name when the run was evaluated (a first "
+            "cycle), or the recipe set promotion.against_champion: false. The adapter was compared with the base only."
+        ]
+        return section
+    who = f"{champion.name}:{champion.version}"
+    if champion.skipped:
+        section.text = [f"Champion {who} was not evaluated: {champion.skipped}."]
+        return section
+    section.text = [
+        f"Champion {who} (the registry's latest when this run was evaluated), served as {champion.serving}, "
+        "evaluated on the same problems, seeds and T_eval protocol. The delta is challenger - champion on the "
+        "confirmation problems; the gate applies every rule to it as to the base."
+    ]
+    section.table = Table(
+        ["benchmark", "base (its T)", "champion (its T)", "challenger (its T)", "delta vs champion", "95% CI", "p"]
+    )
+    for bench, versus in champion.benchmarks.items():
+        base = metrics.benchmarks[bench].base_best if bench in metrics.benchmarks else None
+        held, challenger, d = versus.base_best, versus.adapter_best, versus.delta
+        section.table.rows.append(
+            [
+                bench + (" (target)" if bench == metrics.target else ""),
+                f"{num(base.pass_at_1)} (T={base.temperature:g})" if base else "-",
+                f"{num(held.pass_at_1)} (T={held.temperature:g})",
+                f"{num(challenger.pass_at_1)} (T={challenger.temperature:g})",
+                delta(d.value),
+                interval(d.ci_low, d.ci_high),
+                num(d.p_value),
+            ]
+        )
+    return section
+
+
 def _statistics_section(metrics: EvalMetrics | None) -> Section:
     """How each verdict was reached and what it could have seen (README, "Statistics")."""
     section = Section("Statistics")
@@ -474,6 +513,7 @@ def write_report(run_dir: Path | str) -> tuple[Path, Path]:
     sections = [
         _decision_section(run_dir),
         _pass1_section(metrics),
+        _champion_section(metrics),
         _statistics_section(metrics),
         _grid_section(metrics),
         _difficulty_section(metrics),

@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 import pipeline
 from pipeline import artifacts, generation, models, runs
-from pipeline.artifacts import EvalMetrics, Label
+from pipeline.artifacts import EvalMetrics
+from pipeline.deploy import registry
 from pipeline.evaluation import compare, serving
 from pipeline.evaluation.benchmarks import Benchmark, load_benchmark
 from pipeline.evaluation.sandbox import require_isolation
@@ -46,8 +47,7 @@ log = logging.getLogger(__name__)
 
 STAGE = "eval"
 ADAPTER = "adapter"
-LABELS: tuple[Label, Label] = ("base", "adapter")
-Cell = tuple[str, float, Label]  # (benchmark, temperature, model): one results file
+Cell = tuple[str, float, str]  # (benchmark, temperature, model: base, adapter or champion): one results file
 # The shared base results are reused only under the same values of these evaluation settings,
 # each of which changes the samples or their verdicts (an allow list: a new field stays out of
 # the key until it is added here with its reason, and tests/unit/test_eval_keys.py fails until
@@ -107,7 +107,7 @@ MERGED_DTYPE = "float32"
 class Served:
     """A model as vLLM serves it: what the engine loads and the LoRA request on top, if any."""
 
-    label: Label
+    label: str  # base, adapter or champion
     serving: str  # base, lora or merged
     path: str
     revision: str | None = None
@@ -128,8 +128,11 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
     started = time.time()
     cfg = recipe.evaluation
     eval_dir = run_dir / "eval"
-    params = stage_params(recipe)
-    key, inputs = runs.stage_key(params, {"adapter": run_dir / ADAPTER})
+    champion = find_champion(recipe, run_dir / ADAPTER)
+    params = {**stage_params(recipe), "champion": champion and f"{champion.name}:{champion.version}"}
+    key, inputs = runs.stage_key(
+        params, {"adapter": run_dir / ADAPTER} | ({"champion": champion.adapter} if champion else {})
+    )
     if manifest := artifacts.reusable(run_dir, STAGE, key):
         log.info("eval: reusing %s (inputs unchanged)", eval_dir / "metrics.json")
         return manifest
@@ -148,17 +151,22 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
         "base_problems_reused": 0,
     }
     rows: dict[Cell, list[dict]] = {}  # verdict rows
-    adapter = None
-    for label in LABELS:  # the base first: the adapter's serving check and merge come after
-        clock, generated = time.time(), 0
+    skipped = champion and champion_skipped(recipe, champion)
+    served: dict[str, Served] = {"base": base}
+    for label in ("base", "adapter") + (("champion",) if champion and not skipped else ()):
+        clock, generated = time.time(), 0  # the base first: the adapters' serving checks and merges come after
         if label == "adapter":
-            adapter = serve_adapter(recipe, mode, base, run_dir)
-        model = base if label == "base" else adapter
+            served[label] = serve_adapter(
+                recipe, mode, base, run_dir / ADAPTER, label, run_dir / "eval" / "merged-model"
+            )
+        elif label == "champion":
+            served[label] = serve_adapter(recipe, mode, base, champion.adapter, label, eval_dir / "merged-champion")
+        model = served[label]
         for bench in benches:
             for temperature in bench.temperatures:
                 name = f"{label}-T{temperature:g}"
                 where = (base_dir if label == "base" else eval_dir) / bench.name / f"{name}.jsonl"
-                file_key = results_key(recipe, label, bench, inputs["adapter"], mode)
+                file_key = results_key(recipe, label, bench, inputs.get(label, ""), mode)
                 path = runs.keyed_log(where, file_key)
                 done = runs.complete_ids(runs.read_log(path), bench.n, "task_id")  # a cut-short problem is redone
                 if label == "base":
@@ -178,15 +186,38 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
         counts[f"{label}_s"] = round(time.time() - clock, 2)
         counts[f"{label}_problems_generated"] = generated
 
-    per_bench = {
-        b.name: {(t, label): rows[b.name, t, label] for t in b.temperatures for label in LABELS} for b in benches
-    }
+    def compared(reference: str) -> dict[str, artifacts.BenchmarkMetrics]:
+        """Every benchmark's comparison of the adapter with ``reference`` (in the base's place)."""
+        return {
+            b.name: compare.benchmark_metrics(
+                recipe,
+                b,
+                {
+                    (t, label): rows[b.name, t, who]
+                    for t in b.temperatures
+                    for label, who in (("base", reference), ("adapter", "adapter"))
+                },
+            )
+            for b in benches
+        }
+
+    adapter = served["adapter"]
     metrics = EvalMetrics(
         target=cfg.benchmarks[0],
         adapter_serving=adapter.serving,
         merge_check=adapter.merge_check,
         serving_check=adapter.serving_check,
-        benchmarks={bench.name: compare.benchmark_metrics(recipe, bench, per_bench[bench.name]) for bench in benches},
+        benchmarks=compared("base"),
+        champion=champion
+        and artifacts.ChampionMetrics(
+            name=champion.name,
+            version=champion.version,
+            adapter_sha256=champion.adapter_sha256,
+            serving=None if skipped else served["champion"].serving,
+            serving_check=None if skipped else served["champion"].serving_check,
+            skipped=skipped,
+            benchmarks={} if skipped else compared("champion"),
+        ),
     )
     metrics.save(eval_dir / "metrics.json")
     return artifacts.write_manifest(
@@ -202,6 +233,31 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
     )
 
 
+def find_champion(recipe: Recipe, adapter: Path) -> registry.Champion | None:
+    """The registry's current version under the recipe's name, unless ``promotion.against_champion``
+    is off (or there is none: a first cycle)."""
+    if not recipe.promotion.against_champion:
+        return None
+    name = recipe.promotion.name or recipe.name
+    found = registry.champion(recipe.registry_dir, name, runs.hash_path(adapter))
+    if found:
+        log.info("eval: champion %s:%s (the registry's latest) is evaluated beside the base", name, found.version)
+    return found
+
+
+def champion_skipped(recipe: Recipe, champion: registry.Champion) -> str | None:
+    """Why the champion cannot be evaluated on this run's base model, or None when it can."""
+    model = (recipe.model.id, recipe.model.revision)
+    if champion.base_model == model:
+        return None
+    trained = champion.base_model[0] + (f"@{champion.base_model[1]}" if champion.base_model[1] else "")
+    return (
+        f"it was trained on {trained}, this run's base model is {recipe.model.id}"
+        f"{'@' + recipe.model.revision if recipe.model.revision else ''}; to replace it with an adapter of another "
+        "base model, set promotion.against_champion=false"
+    )
+
+
 def stage_params(recipe: Recipe) -> dict:
     return {
         "model": recipe.model.model_dump(),
@@ -210,10 +266,11 @@ def stage_params(recipe: Recipe) -> dict:
     }
 
 
-def results_key(recipe: Recipe, label: Label, bench: Benchmark, adapter_hash: str, mode: str) -> str:
-    """The key a results file is written under. The adapter's depends on everything the stage
-    does; the base's (shared through ``evaluation.base_dir``) on ``base_key_parts`` only."""
-    if label == "adapter":
+def results_key(recipe: Recipe, label: str, bench: Benchmark, adapter_hash: str, mode: str) -> str:
+    """The key a results file is written under. An adapter's (the run's, or the champion's)
+    depends on everything the stage does; the base's (shared through ``evaluation.base_dir``) on
+    ``base_key_parts`` only."""
+    if label != "base":
         return runs.hash_obj({**stage_params(recipe), "adapter": adapter_hash, **base_key_parts(recipe, mode)})
     return runs.hash_obj({**base_key_parts(recipe, mode), "benchmark": bench.name, "n": bench.n, "limit": bench.limit})
 
@@ -264,17 +321,17 @@ def serving_mode(recipe: Recipe, model_path: str) -> str:
     return mode
 
 
-def serve_adapter(recipe: Recipe, mode: str, base: Served, run_dir: Path) -> Served:
+def serve_adapter(recipe: Recipe, mode: str, base: Served, adapter: Path, label: str, merged: Path) -> Served:
     """The adapter as it will be evaluated, checked after the engine loaded it: a ``LoRARequest``
     on the base engine when vLLM applies all of it, otherwise a merged copy (verified against
     PEFT in float32, written and served in ``MERGED_DTYPE``). Either way the served model's
-    effect on next-token log-probs must be PEFT's (``evaluation.serving``)."""
-    adapter = run_dir / ADAPTER
+    effect on next-token log-probs must be PEFT's (``evaluation.serving``). ``merged``: where a
+    merged copy is written."""
     peft_base, peft_adapted = serving.peft_logprobs(base.path, adapter, revision=base.revision)
     if mode == "lora":
         from vllm.lora.request import LoRARequest
 
-        request = LoRARequest("adapter", 1, str(adapter))
+        request = LoRARequest(label, 1 + ("adapter", "champion").index(label), str(adapter))
         llm = base.engine(recipe.engine)
         figures = serving.adapter_effect(
             served_logprobs(llm, request), peft_base, peft_adapted, served_base=served_logprobs(llm)
@@ -282,14 +339,13 @@ def serve_adapter(recipe: Recipe, mode: str, base: Served, run_dir: Path) -> Ser
         try:
             figures = serving.check(figures, "vLLM's LoRARequest")
             return Served(
-                "adapter", "lora", base.path, base.revision, base.lora_rank, lora_request=request, serving_check=figures
+                label, "lora", base.path, base.revision, base.lora_rank, lora_request=request, serving_check=figures
             )
         except serving.ServingError as exc:
             log.warning("eval: %s; evaluating a merged copy", exc)
-    merged = run_dir / "eval" / "merged-model"
     check = models.merge_adapter(base.path, adapter, merged, dtype=MERGED_DTYPE)
     check = {k: v for k, v in check.items() if k != "changed"} | {"changed_sample": check["changed"][:8]}
-    served = Served("adapter", "merged", str(merged), merge_check=check, dtype=MERGED_DTYPE)
+    served = Served(label, "merged", str(merged), merge_check=check, dtype=MERGED_DTYPE)
     figures = serving.adapter_effect(served_logprobs(served.engine(recipe.engine)), peft_base, peft_adapted)
     figures = serving.check(figures, f"the merged copy served by vLLM in {MERGED_DTYPE}")
     return dataclasses.replace(served, serving_check=figures | {"dtype": MERGED_DTYPE})

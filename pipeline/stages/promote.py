@@ -3,7 +3,8 @@
 The gate (``pipeline/gate.py``) reads ``eval/metrics.json`` and the recipe's thresholds; its
 decision and every reason are written to ``promotion.json`` in the run either way. A promoted
 adapter becomes the next version in ``<registry_dir>/<name>/`` (``pipeline/deploy/registry.py``:
-built in a temporary directory and renamed under a lock; ``latest`` moves atomically).
+built in a temporary directory and renamed under a lock; ``latest`` moves atomically), and only
+if ``latest`` still names the champion the eval stage compared it with.
 """
 
 from __future__ import annotations
@@ -43,8 +44,14 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
             "run_id": run_dir.name,
             "run_dir": str(run_dir.resolve()),
         }
-        version = registry.promote(recipe.registry_dir, name, run_dir / "adapter", lineage)
-        decision = decision.model_copy(update={"version": version})
+        # judged against the champion of the eval stage: if another job moved `latest` since, nothing is promoted
+        champion = metrics.champion.version if metrics.champion else None
+        expect = champion if recipe.promotion.against_champion else registry.ANY_LATEST
+        try:
+            version = registry.promote(recipe.registry_dir, name, run_dir / "adapter", lineage, expect_latest=expect)
+            decision = decision.model_copy(update={"version": version})
+        except registry.ChampionMovedError as exc:
+            decision = decision.model_copy(update={"promoted": False, "reasons": [*decision.reasons, f"FAIL: {exc}"]})
     decision.save(run_dir / "promotion.json")
     for reason in decision.reasons:
         log.info("promote: %s", reason)

@@ -101,7 +101,7 @@ def _reason(decision: Decision, needle: str) -> str:
 def test_all_rules_pass_and_each_gives_a_reason():
     decision = decide(_metrics(), GUARDED)
     assert decision.promoted
-    assert len(decision.reasons) == 5
+    assert len(decision.reasons) == 6  # five rules and the champion's (none here: a first cycle)
     assert all(r.startswith("pass: ") for r in decision.reasons)
     delta = _reason(decision, "pass@1 delta")
     # each model at its own best temperature: base 0.30 at T=0.7, adapter 0.36 at T=1
@@ -302,3 +302,63 @@ def test_best_temperature_missing_from_grid_and_bad_numbers(tmp_path):
     layout["target"] = "mbpp.plus"
     with pytest.raises(ArtifactError, match=r"target 'mbpp.plus' is not among the benchmarks \(humaneval, mbpp\)"):
         EvalMetrics.load(_write(tmp_path / "c", layout))
+
+
+# --- champion vs challenger ------------------------------------------------------------------
+
+
+def _with_champion(**versus) -> EvalMetrics:
+    """The adapter beats the base on every rule; ``versus``: its comparisons with the champion."""
+    layout = _layout()
+    layout["champion"] = {"name": "coder", "version": "v0003", "adapter_sha256": "ab" * 32, "benchmarks": versus}
+    return EvalMetrics.model_validate(layout)
+
+
+def test_an_adapter_that_beats_the_base_but_not_the_champion_is_not_promoted():
+    worse = _bench({0.7: (0.38, 0.33), 1.0: (0.36, 0.36)}, delta_ci=(-0.09, 0.01), p_value=0.9)
+    steady = _bench({0.7: (0.40, 0.40), 1.0: (0.38, 0.39)}, delta_ci=(-0.015, 0.03))
+    decision = decide(_with_champion(humaneval=worse, mbpp=steady), GUARDED)
+    assert not decision.promoted
+    vs_base = [r for r in decision.reasons if "vs champion" not in r]
+    assert len(vs_base) == 5 and all(r.startswith("pass: ") for r in vs_base)  # it does beat the base
+    delta = _reason(decision, "vs champion coder:v0003: humaneval pass@1 delta")
+    assert delta.startswith("FAIL: ") and "champion 0.3800 at T=0.7 -> adapter 0.3600" in delta
+    assert _reason(decision, "vs champion coder:v0003: humaneval paired sign-flip").startswith("FAIL: ")
+    assert _reason(decision, "vs champion coder:v0003: guard mbpp").startswith("pass: ")
+
+
+def test_an_adapter_that_beats_the_champion_by_every_rule_is_promoted():
+    better = _bench({0.7: (0.31, 0.33), 1.0: (0.30, 0.36)}, delta_ci=(0.01, 0.09), p_value=0.02)
+    steady = _bench({0.7: (0.40, 0.40), 1.0: (0.38, 0.39)}, delta_ci=(-0.015, 0.03))
+    decision = decide(_with_champion(humaneval=better, mbpp=steady), GUARDED)
+    assert decision.promoted and len(decision.reasons) == 10, decision.reasons
+
+
+def test_a_guard_that_regresses_against_the_champion_blocks_promotion():
+    better = _bench({0.7: (0.31, 0.33), 1.0: (0.30, 0.36)}, delta_ci=(0.01, 0.09), p_value=0.02)
+    regressed = _bench({0.7: (0.45, 0.40), 1.0: (0.44, 0.39)}, delta_ci=(-0.09, -0.01))
+    decision = decide(_with_champion(humaneval=better, mbpp=regressed), GUARDED)
+    assert not decision.promoted
+    assert _reason(decision, "vs champion coder:v0003: guard mbpp").startswith("FAIL: ")
+
+
+def test_a_champion_that_could_not_be_evaluated_blocks_promotion_unless_the_recipe_opts_out():
+    layout = _layout()
+    why = "it was trained on google/other, this run's base model is x; ... set promotion.against_champion=false"
+    layout["champion"] = {"name": "coder", "version": "v0001", "adapter_sha256": "cd" * 32, "skipped": why}
+    metrics = EvalMetrics.model_validate(layout)
+    decision = decide(metrics, GUARDED)
+    assert not decision.promoted
+    assert _reason(decision, "champion coder:v0001 was not evaluated").endswith(why)
+    opted_out = decide(metrics, GUARDED.model_copy(update={"against_champion": False}))
+    assert opted_out.promoted
+    assert _reason(opted_out, "against_champion: false").startswith("pass: ")
+
+
+def test_champion_metrics_round_trip_through_the_file(tmp_path):
+    better = _bench({0.7: (0.31, 0.33), 1.0: (0.30, 0.36)}, delta_ci=(0.01, 0.09), p_value=0.02)
+    metrics = _with_champion(humaneval=better)
+    metrics.save(tmp_path / "metrics.json")
+    again = EvalMetrics.load(tmp_path / "metrics.json")
+    assert again == metrics and again.versus_champion().target_metrics.delta.p_value == 0.02
+    assert "champion" not in json.loads(_metrics().model_dump_json())  # absent in a first cycle, not null

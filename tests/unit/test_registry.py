@@ -331,3 +331,41 @@ def test_cli(tmp_path, capsys):
     assert "invalid choice" in capsys.readouterr().err
     assert cli.main(["registry", "list", "--registry-dir", str(tmp_path / "none")]) == 0
     assert "no adapters in" in capsys.readouterr().out
+
+
+# --- the champion a new adapter must beat ----------------------------------------------------
+
+
+def test_the_champion_is_latest_and_a_promoted_adapter_keeps_the_one_it_was_judged_against(tmp_path):
+    reg = tmp_path / "reg"
+    first, second, third = (_adapter(tmp_path, tag) for tag in ("one", "two", "three"))
+    sha = {p: runs.hash_path(p) for p in (first, second, third)}
+    assert registry.champion(reg, NAME, sha[first]) is None  # a first cycle: nothing to beat
+    registry.promote(reg, NAME, first, _lineage("r1"), expect_latest=None)
+    found = registry.champion(reg, NAME, sha[second])
+    assert (found.version, found.adapter_sha256, found.base_model) == (
+        "v0001",
+        sha[first],
+        ("embedded:gemma3-270m", None),
+    )
+    assert found.adapter == reg / NAME / "v0001" / "adapter"
+    registry.promote(reg, NAME, second, _lineage("r2"), expect_latest="v0001")
+    # the second run, rerun after its promotion, still sees the version it was judged against
+    assert registry.champion(reg, NAME, sha[second]).version == "v0001"
+    assert registry.champion(reg, NAME, sha[third]).version == "v0002"
+    assert registry.champion(reg, NAME, sha[first]).version == "v0002"  # an older adapter meets the current one
+    registry.rollback(reg, NAME)  # latest -> v0001: the first run's own adapter
+    assert registry.champion(reg, NAME, sha[first]) is None  # judged against nothing when it was promoted
+
+
+def test_a_promotion_judged_against_a_moved_latest_adds_nothing(tmp_path):
+    reg = tmp_path / "reg"
+    registry.promote(reg, NAME, _adapter(tmp_path, "one"), _lineage("r1"))
+    registry.promote(reg, NAME, _adapter(tmp_path, "two"), _lineage("r2"))
+    before = _state(reg)
+    with pytest.raises(registry.ChampionMovedError, match=r"names v0002, but this adapter was judged against v0001"):
+        registry.promote(reg, NAME, _adapter(tmp_path, "three"), _lineage("r3"), expect_latest="v0001")
+    with pytest.raises(registry.ChampionMovedError, match="judged against no champion"):
+        registry.promote(reg, NAME, _adapter(tmp_path, "four"), _lineage("r4"), expect_latest=None)
+    assert _state(reg) == before and not _incoming(reg)
+    assert registry.promote(reg, NAME, _adapter(tmp_path, "five"), _lineage("r5"), expect_latest="v0002") == "v0003"

@@ -1,0 +1,127 @@
+"""Champion vs challenger through the real eval and promote stages (real vLLM, real sandbox).
+
+Two scheduled cycles on the random tiny Gemma 4 MoE, each with an adapter whose answers are
+known because it was taught them (a few AdamW steps): the first, which answers every problem,
+beats the base and becomes v0001; the second, which answers only some, also beats the base but
+not the champion, so it is not promoted and ``latest`` stays where it was.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import ROOT
+
+from pipeline import models
+from pipeline.deploy import registry
+from pipeline.recipe import load_recipe
+from pipeline.stages import eval as evaluate
+from pipeline.stages import promote
+
+pytestmark = pytest.mark.slow
+
+NAME = "coder"
+ONES, TWOS = 10, 4  # problems whose test calls f(1) == 1, and f(2) == 2
+
+
+def _problems(path):
+    """MBPP-format tasks ``f(x) -> x``: ``return x`` passes all, ``return 1`` only those tested with 1."""
+    with open(path, "w") as out:
+        for i in range(ONES + TWOS):
+            arg = 1 if i < ONES else 2
+            task = {
+                "task_id": 900 + i,
+                "text": "Return the argument unchanged.",
+                "code": f"def same_{i}(x):\n    return x",
+                "test_list": [f"assert same_{i}({arg}) == {arg}"],
+                "test_setup_code": "",
+            }
+            out.write(json.dumps(task) + "\n")
+    return path
+
+
+def _taught_adapter(path, prompts: list[str], completion: str) -> None:
+    """A real PEFT LoRA adapter on the tiny MoE that answers every prompt with ``completion``."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = models.resolve(models.RANDOM_TINY)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft_model = get_peft_model(
+        model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"])
+    )
+    answer = tokenizer(completion, add_special_tokens=False).input_ids
+    batch = []
+    for prompt in prompts:
+        ids = tokenizer(prompt).input_ids
+        labels = [-100] * len(ids) + answer
+        batch.append((torch.tensor([ids + answer]), torch.tensor([labels])))
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(100):
+        loss = sum(peft_model(input_ids=ids, labels=labels).loss for ids, labels in batch) / len(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if loss.item() < 0.01:
+            break
+    assert loss.item() < 0.01, f"the adapter for {completion!r} did not learn it (loss {loss.item():.3f})"
+    peft_model.save_pretrained(path)
+
+
+def _cycle(recipe, run_dir, completion: str, prompts: list[str]):
+    """One scheduled cycle's eval and promote stages on a run whose adapter answers ``completion``."""
+    run_dir.mkdir(parents=True)
+    (run_dir / "samples.jsonl").write_text("")  # the lineage hashes the samples the adapter came from
+    _taught_adapter(run_dir / "adapter", prompts, completion)
+    metrics = evaluate.run(recipe, run_dir).metrics
+    return metrics, promote.run(recipe, run_dir).decision
+
+
+def test_a_second_cycle_that_beats_the_base_but_not_the_champion_is_not_promoted(tmp_path):
+    from pipeline.evaluation.benchmarks import load_benchmark
+
+    overrides = [
+        f"name={NAME}",
+        f"registry_dir={tmp_path / 'registry'}",
+        "evaluation.benchmarks=[mbpp]",
+        f"evaluation.mbpp_path={_problems(tmp_path / 'tasks.jsonl')}",
+        "evaluation.limit=null",
+        "evaluation.max_tokens=12",
+        "engine.dtype=float32",
+    ]
+    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml", overrides)
+    prompts = [p["prompt"] for p in load_benchmark(recipe, "mbpp").problems]
+
+    # cycle 1: nothing in the registry yet; `return x` passes every problem, the base none
+    first, decision = _cycle(recipe, tmp_path / "runs" / "one", "    return x\n", prompts)
+    assert first.champion is None
+    assert first.target_metrics.adapter_best.pass_at_1 == 1.0 > first.target_metrics.base_best.pass_at_1
+    assert decision.promoted and decision.version == "v0001", decision.reasons
+    assert any("no champion" in r for r in decision.reasons)
+
+    # cycle 2: `return 1` beats the base on every rule, but the champion by none
+    second, decision = _cycle(recipe, tmp_path / "runs" / "two", "    return 1\n", prompts)
+    versus = second.versus_champion().target_metrics
+    assert second.champion.version == "v0001" and second.champion.serving == "merged"
+    assert second.target_metrics.adapter_best.pass_at_1 == pytest.approx(ONES / (ONES + TWOS))
+    assert versus.base_best.pass_at_1 == 1.0  # the champion, evaluated again here, still answers everything
+    assert versus.delta.value == pytest.approx(-TWOS / (ONES + TWOS)) and versus.delta.discordant == TWOS
+    against_base = [r for r in decision.reasons if "champion" not in r]
+    assert len(against_base) == 5 and all(r.startswith("pass: ") for r in against_base), decision.reasons
+    assert not decision.promoted
+    assert any(r.startswith("FAIL: vs champion coder:v0001: mbpp pass@1 delta -0.2857") for r in decision.reasons)
+    assert registry.latest_version(recipe.registry_dir, NAME) == "v0001"  # latest did not move
+    assert [v["version"] for v in registry.list_versions(recipe.registry_dir, NAME)] == ["v0001"]
+    report = (tmp_path / "runs" / "two" / "eval" / "mbpp" / "champion-T0.jsonl").read_text()
+    assert report.count("\n") == ONES + TWOS  # the champion's own results file, one row per problem
+
+    # the first run, rerun after its promotion, is judged against what it was judged against then
+    again = evaluate.run(recipe, tmp_path / "runs" / "one")
+    assert (
+        again.metrics.champion is None
+        and again.key == json.loads((tmp_path / "runs" / "one" / "manifests" / "eval.json").read_text())["key"]
+    )
