@@ -19,6 +19,7 @@ match its schema is a ``ArtifactError`` naming the file and the field, with what
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -27,6 +28,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_serializer, model_validator
 
 from pipeline import runs
+
+log = logging.getLogger(__name__)
 
 Label = Literal["base", "adapter"]
 
@@ -336,6 +339,9 @@ class Manifest(_Artifact):
     model_path: str | None = Field(None, description="train stage: the base model trained on")
     memory_plan: dict[str, Any] | None = Field(None, description="train stage: the memory estimate it checked")
     backend: str | None = Field(None, description="train stage: trl or axolotl")
+    reproduction: dict[str, Any] | None = Field(
+        None, description="sample stage: the model's weights, tokenizer and chat template hashes, and the seeds"
+    )
 
     def save(self, path: Path | str) -> None:
         runs.atomic_write_text(Path(path), self.model_dump_json(indent=2, by_alias=True, exclude_none=True) + "\n")
@@ -348,9 +354,33 @@ def load_manifest(run_dir: Path, stage: str) -> Manifest | None:
 
 
 def reusable(run_dir: Path, stage: str, key: str) -> Manifest | None:
-    """The stage's manifest when it finished with this exact key, else None."""
+    """The stage's manifest when it finished with this exact key, else None.
+
+    The stage cache: when this run has not finished the stage under ``key`` but another run in the
+    same runs directory has (same parameters, same input hashes), that run's outputs are copied
+    here and its manifest is written here naming it (``shared_from``): a changed gate threshold
+    reruns only promote, a changed T_eval grid only eval. Only finished stages are found (a
+    manifest is the last thing a stage writes), a stage whose inputs changed has another key, and
+    a stage that ``--force`` asked for is recomputed. Promote is never shared: its work is the
+    registry's, done once per run.
+    """
     manifest = load_manifest(run_dir, stage)
-    return manifest if manifest is not None and manifest.key == key else None
+    if manifest is not None and manifest.key == key:
+        return manifest
+    if stage not in runs.CACHED_OUTPUTS or runs.forced_path(run_dir, stage).exists():
+        return None
+    for donor in sorted(p for p in run_dir.parent.iterdir() if p.is_dir() and p.resolve() != run_dir.resolve()):
+        try:
+            found = load_manifest(donor, stage)
+        except (ArtifactError, OSError):
+            continue  # a broken run is no donor
+        if found is not None and found.key == key and all((donor / item).exists() for item in runs.outputs_of(stage)):
+            runs.copy_stage_outputs(donor, run_dir, stage)
+            shared = found.model_copy(update={"shared_from": found.shared_from or donor.name})
+            shared.save(runs.manifest_path(run_dir, stage))
+            log.info("%s: reusing the finished stage of run %s (same parameters and inputs)", stage, donor.name)
+            return shared
+    return None
 
 
 def write_manifest(
@@ -379,4 +409,5 @@ def write_manifest(
         **extra,
     )
     manifest.save(runs.manifest_path(run_dir, stage))
+    runs.forced_path(run_dir, stage).unlink(missing_ok=True)
     return manifest

@@ -11,7 +11,8 @@ set it). Spawning the engine core and its worker re-imports vLLM and torch twice
 from 358 s to 216 s with byte-identical samples and verdicts. Measured in process on CPU: the
 memory is returned at shutdown (RSS 7.24 -> 1.54 GiB) and, with no core reserved
 (``VLLM_CPU_NUM_OF_RESERVED_CPU=0``), this process keeps every core for training. It also
-leaves no engine process behind when ``ssd`` is SIGKILLed.
+leaves no engine process behind when ``ssd`` is SIGKILLed. Its KV cache is sized explicitly
+(``in_process_kv_bytes``): vLLM-cpu would subtract this whole process's memory from it.
 
 Seeds: every request gets its own seed, derived from the recipe seed and the prompt id, so a
 prompt's samples do not depend on batching or on which other prompts are in the run. A global
@@ -101,6 +102,8 @@ def get_engine(
     for name, value in env.items():
         os.environ.setdefault(name, value)
     kwargs = {"model": model, "revision": revision, **settings, "enable_prefix_caching": prefix_caching}
+    if not gpu and os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0":
+        kwargs["kv_cache_memory_bytes"] = in_process_kv_bytes(settings["gpu_memory_utilization"])
     key = repr(sorted(kwargs.items()))
     if _engine["key"] == key:
         return _engine["llm"]
@@ -111,6 +114,18 @@ def get_engine(
     _engine["llm"] = LLM(**kwargs)
     _engine["key"] = key
     return _engine["llm"]
+
+
+def in_process_kv_bytes(share: float) -> int:
+    """The KV cache of an in-process CPU engine: ``share`` of the host's memory, given explicitly.
+
+    Left to itself, vLLM-cpu sizes it as that share minus the resident memory of the process it
+    runs in, which in process is the whole pipeline's (after training, or with PEFT models loaded
+    for the serving check, it came out negative and the engine refused to start).
+    """
+    import psutil
+
+    return int(share * psutil.virtual_memory().total)
 
 
 def lora_rank_slot(rank: int) -> int:

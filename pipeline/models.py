@@ -18,6 +18,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from pipeline import runs
 from pipeline.runs import atomic_dir
 
 log = logging.getLogger(__name__)
@@ -133,6 +134,43 @@ def _random_gemma4_tiny() -> Path:
             tokenizer.save_pretrained(tmp)
         log.info("random tiny Gemma 4 MoE ready at %s", target)
     return target
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def fingerprint(model_path: str) -> dict[str, str | None]:
+    """What a run's numbers depend on in the model directory, for the reproduction record: sha256
+    of the weights, of the tokenizer files and of the chat template (the template file, or the
+    ``chat_template`` of ``tokenizer_config.json``; None when there is none). A model that is not
+    a local directory is named by its id and revision instead (None here)."""
+    import hashlib
+    import json
+
+    root = Path(model_path)
+    if not root.is_dir():
+        return {"weights_sha256": None, "tokenizer_sha256": None, "chat_template_sha256": None}
+
+    def digest(paths: list[Path]) -> str | None:
+        if not paths:
+            return None
+        total = hashlib.sha256()
+        for path in paths:
+            total.update(path.name.encode())
+            total.update(runs.hash_file(path).encode())
+        return total.hexdigest()
+
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    template = root / "chat_template.jinja"
+    text = template.read_text() if template.is_file() else None
+    if text is None and (root / "tokenizer_config.json").is_file():
+        text = json.loads((root / "tokenizer_config.json").read_text()).get("chat_template")
+    return {
+        "weights_sha256": digest([p for p in files if p.suffix in WEIGHT_SUFFIXES]),
+        "tokenizer_sha256": digest([p for p in files if p.name in TOKENIZER_FILES]),
+        "chat_template_sha256": hashlib.sha256(str(text).encode()).hexdigest() if text else None,
+    }
 
 
 def is_moe(model_path: str) -> bool:

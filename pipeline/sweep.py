@@ -10,8 +10,9 @@ is computed once:
   ``<sweep>/base-eval/`` (``evaluation.base_dir``), so the base is generated once for the
   whole sweep;
 - samples, for points that differ only after sampling (training or evaluation keys), and
-  adapters, for points that differ only in evaluation: copied from the first point that made
-  them, with their manifests, so the stage sees finished work.
+  adapters, for points that differ only in evaluation: the stage cache of ``ssd run``
+  (``artifacts.reusable``) copies a stage another point finished with the same key, its
+  manifest naming that point.
 
 ``evaluation.temperatures`` is the T_eval axis of every point (one engine start per model
 for the whole axis); the grid keys are the other axis.
@@ -34,7 +35,6 @@ from __future__ import annotations
 import itertools
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -50,12 +50,6 @@ CONTROL = "control"
 CONTROL_OVERRIDES = {"sampling.temperature": 1.0, "sampling.top_k": 0, "sampling.top_p": 1.0, "sampling.min_p": 0.0}
 POINTS = "points"
 BASE_EVAL = "base-eval"
-# Recipe sections each stage's output depends on: points equal on them share that stage's files.
-SHARED_STAGES = {
-    "sample": ("model", "prompts", "sampling", "engine"),
-    "train": ("model", "prompts", "sampling", "engine", "training"),
-}
-STAGE_OUTPUTS = {"sample": ("samples.raw.jsonl", "samples.jsonl"), "train": ("adapter",)}
 
 
 # --- the grid -------------------------------------------------------------------------------
@@ -148,45 +142,6 @@ def point_recipe(base: Recipe, name: str, overrides: dict[str, Any], sweep_dir: 
         return Recipe.model_validate(data)
     except Exception as exc:  # pydantic's message names the field
         raise RecipeError(f"sweep point {name} ({overrides}): {exc}") from None
-
-
-# --- sharing finished stages between points --------------------------------------------------
-
-
-def _signature(recipe: Recipe, stage: str) -> str:
-    dump = recipe.model_dump(mode="json")
-    return runs.hash_obj({section: dump[section] for section in SHARED_STAGES[stage]})
-
-
-def _donor(earlier: list[tuple[Path, Recipe]], stage: str, signature: str) -> tuple[Path, artifacts.Manifest] | None:
-    """The first earlier point that finished ``stage`` from the same inputs, with its manifest."""
-    for run_dir, recipe in earlier:
-        if _signature(recipe, stage) == signature and (manifest := artifacts.load_manifest(run_dir, stage)):
-            return run_dir, manifest
-    return None
-
-
-def share_stages(run_dir: Path, recipe: Recipe, earlier: list[tuple[Path, Recipe]]) -> list[str]:
-    """Copy the sample/train outputs of an earlier point whose inputs are the same; what was copied."""
-    copied = []
-    for stage in SHARED_STAGES:
-        if artifacts.load_manifest(run_dir, stage):
-            continue  # this point has (or had) its own: its stage decides whether it is still valid
-        found = _donor(earlier, stage, _signature(recipe, stage))
-        if found is None:
-            return copied  # a later stage cannot be shared if this one was not
-        donor, manifest = found
-        for item in STAGE_OUTPUTS[stage]:
-            src, dst = donor / item, run_dir / item
-            if src.is_dir():
-                with runs.atomic_dir(dst) as tmp:
-                    shutil.copytree(src, tmp, dirs_exist_ok=True)
-            else:
-                runs.atomic_write_text(dst, src.read_text())
-        manifest.model_copy(update={"shared_from": donor.name}).save(runs.manifest_path(run_dir, stage))
-        copied.append(stage)
-        log.info("sweep: %s reuses %s's %s stage", run_dir.name, donor.name, stage)
-    return copied
 
 
 # --- results ---------------------------------------------------------------------------------
@@ -296,7 +251,6 @@ def run_sweep(recipe: Recipe, sweep_dir: Path, grid: dict[str, list[Any]], contr
             for name, overrides, r in recipes
         ],
     }
-    done: list[tuple[Path, Recipe]] = []
     evaluated: list[tuple[dict, Path, Recipe]] = []
     for entry, (name, _overrides, point) in zip(manifest["points"], recipes, strict=True):
         run_dir = sweep_dir / POINTS / name
@@ -306,8 +260,7 @@ def run_sweep(recipe: Recipe, sweep_dir: Path, grid: dict[str, list[Any]], contr
         write_reports(sweep_dir, manifest)
         try:
             with runs.run_lock(run_dir):
-                share_stages(run_dir, point, done)
-                run_point(point)
+                run_point(point)  # stages equal to an earlier point's are taken from it (the stage cache)
             entry["status"] = "complete"
         except Exception as exc:  # noqa: BLE001 - one failed point must not stop the others
             log.exception("sweep: point %s failed; its finished stages are kept and a rerun resumes it", name)
@@ -315,7 +268,6 @@ def run_sweep(recipe: Recipe, sweep_dir: Path, grid: dict[str, list[Any]], contr
             entry["error"] = f"{type(exc).__name__}: {exc}"
         entry["wall_s"] = round(time.time() - t0, 1)
         entry["results"] = point_results(run_dir, point)
-        done.append((run_dir, point))
         evaluated.append((entry, run_dir, point))
         holm_verdicts(manifest, [e for e in evaluated if e[0]["results"]])
         write_reports(sweep_dir, manifest)

@@ -11,6 +11,7 @@
     ssd export NAME[:VERSION] OUT [--format peft|merged|peft-per-expert]
     ssd serve NAME[:VERSION] [--port P] [--host H] [-- VLLM_ARGS ...]
     ssd resolve MODEL_ID
+    ssd diff RUN_A RUN_B
 
 One module per command (``pipeline/cli/<command>.py``: ``add_parser`` and the function it
 runs); this one holds what they share: the exit codes, the logging set-up, loading a recipe,
@@ -33,6 +34,7 @@ import sys
 import threading
 from pathlib import Path
 
+from pipeline.artifacts import ArtifactError
 from pipeline.deploy.export import ExportError
 from pipeline.deploy.registry import RegistryError
 from pipeline.deploy.serve import ServeError
@@ -64,7 +66,7 @@ class CommandFailed(Exception):
 # code. Exit 2: the input is unusable, nothing was started or written. Exit 1: started work
 # failed. Any other exception is a bug and keeps its traceback.
 INVALID = (UsageError, RecipeError, PromptError, LeakageError, BenchmarkError, SamplesError, TargetError)
-INVALID += (RegistryError, ExportError, ServeError, IsolationUnavailable, RunFileError)
+INVALID += (RegistryError, ExportError, ServeError, IsolationUnavailable, RunFileError, ArtifactError)
 FAILED = (CommandFailed, RunBusyError, MergeError, OSError)
 
 
@@ -153,11 +155,11 @@ def _terminate(signum, _frame) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.cli import export, plan, power, registry, resolve, run, sample, score, serve, sweep, train
+    from pipeline.cli import diff, export, plan, power, registry, resolve, run, sample, score, serve, sweep, train
 
     parser = argparse.ArgumentParser(prog="ssd", description="Simple self-distillation with LoRA.")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for command in (run, sweep, sample, train, plan, power, score, registry, export, serve, resolve):
+    for command in (run, sweep, sample, train, plan, power, score, registry, export, serve, resolve, diff):
         command.add_parser(subparsers)
     return parser
 

@@ -246,6 +246,23 @@ def base_model(manifest: dict[str, Any]) -> tuple[str, str | None]:
     return str(base), None
 
 
+def _reproduction_lines(record: Any) -> list[str]:
+    """The card's lines for the reproduction record (versions, model files, prompts, filters, seeds)."""
+    if not isinstance(record, dict):
+        return []
+    model = record.get("model") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in sorted((record.get("versions") or {}).items()))
+    counts = ", ".join(f"{k} {v}" for k, v in (record.get("sample_counts") or {}).items())
+    seeds = ", ".join(f"{k} {v}" for k, v in (record.get("seeds") or {}).items())
+    return [
+        f"- versions: {versions or 'not recorded'}",
+        f"- model files sha256: weights `{model.get('weights_sha256')}`, tokenizer `{model.get('tokenizer_sha256')}`, "
+        f"chat template `{model.get('chat_template_sha256')}`",
+        f"- prompt file sha256: `{record.get('prompts_sha256')}`; sampling filters: {counts or 'not recorded'}",
+        f"- seeds: {seeds or 'not recorded'}",
+    ]
+
+
 def _card(manifest: dict[str, Any]) -> str:
     """The model card: enough to know what the adapter is and to load it without the pipeline."""
     base_id, revision = base_model(manifest)
@@ -291,6 +308,7 @@ def _card(manifest: dict[str, Any]) -> str:
         f"- adapter sha256: `{manifest['adapter_sha256']}`",
         f"- code: commit `{code.get('git_commit') or 'unknown'}`{edited}, "
         f"package {code.get('package_version') or 'unknown'}",
+        *_reproduction_lines(manifest.get("reproduction")),
         "- recipe:",
         "",
         "```yaml",

@@ -174,7 +174,7 @@ def sizing(recipe: Recipe, bench: Benchmark, base: dict[str, float]) -> Sizing:
     guards = recipe.promotion.guards
     is_guard = bench.name in guards if guards is not None else bench.name != recipe.evaluation.benchmarks[0]
     tail = (1 - CONFIDENCE) / 2
-    found = stats.size(
+    return stats.size(
         len(base),
         bench.n,
         sum(base.values()) / len(base),
@@ -182,4 +182,3 @@ def sizing(recipe: Recipe, bench: Benchmark, base: dict[str, float]) -> Sizing:
         level=tail if is_guard else min(recipe.promotion.alpha, tail),
         margin=recipe.promotion.max_regression if is_guard else None,
     )
-    return Sizing(**vars(found))

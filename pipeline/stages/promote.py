@@ -43,6 +43,7 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
             "decision": decision.model_dump(include={"promoted", "reasons"}),
             "run_id": run_dir.name,
             "run_dir": str(run_dir.resolve()),
+            "reproduction": reproduction(recipe, run_dir),
         }
         # judged against the champion of the eval stage: if another job moved `latest` since, nothing is promoted
         champion = metrics.champion.version if metrics.champion else None
@@ -67,3 +68,27 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
         started=started,
         decision=decision,
     )
+
+
+FILTER_COUNTS = ("prompts", "duplicates_dropped", "skipped_prompt_too_long", "generated", "kept")
+
+
+def reproduction(recipe: Recipe, run_dir: Path) -> dict:
+    """The registry card's reproduction record: package versions, the model's file hashes, the
+    prompt file's hash, the sampling filters' counts and every seed."""
+    sample = artifacts.load_manifest(run_dir, "sample")
+    record = (sample.reproduction or {}) if sample else {}
+    counts = sample.counts if sample else {}
+    return {
+        "versions": runs.versions(),
+        "model": record.get("model", recipe.model.model_dump()),
+        "prompts_sha256": sample.inputs.get("prompts") if sample else None,
+        "sample_counts": {k: v for k, v in counts.items() if k in FILTER_COUNTS or k.startswith("dropped_")},
+        "seeds": {
+            "sampling": recipe.sampling.seed,
+            "training": recipe.training.seed,
+            "evaluation": recipe.evaluation.seed,
+            "split": recipe.evaluation.split_seed,
+            "bootstrap": recipe.evaluation.bootstrap_seed,
+        },
+    }

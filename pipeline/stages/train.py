@@ -29,13 +29,25 @@ STAGE = "train"
 ADAPTER = "adapter"
 SAMPLES = "samples.jsonl"
 WORK = "train"
+# What the adapter depends on besides the recipe and the samples: in the stage's key.
+PACKAGES = ("ssd-pipeline", "torch", "transformers", "peft", "trl", "axolotl", "accelerate", "datasets")
+CODE_FILES = ("training", "stages/train.py", "models.py")
+
+
+def stage_params(recipe: Recipe) -> dict:
+    """What the adapter depends on besides the samples (the stage's other input)."""
+    return {
+        "model": recipe.model.model_dump(),
+        **recipe.training.model_dump(exclude={"save_steps", "device_gib"}),
+        **runs.code_version(PACKAGES, CODE_FILES),
+    }
 
 
 def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
     """Train ``adapter/`` from ``samples.jsonl``; the finished manifest is reused while the inputs match."""
     started = time.time()
     cfg = recipe.training
-    params = {"model": recipe.model.model_dump(), **cfg.model_dump(exclude={"save_steps", "device_gib"})}
+    params = stage_params(recipe)
     key, inputs = runs.stage_key(params, {"samples": run_dir / SAMPLES})
     if manifest := artifacts.reusable(run_dir, STAGE, key):
         log.info("train: reusing %s (inputs unchanged)", run_dir / ADAPTER)

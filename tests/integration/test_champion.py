@@ -1,9 +1,10 @@
 """Champion vs challenger through the real eval and promote stages (real vLLM, real sandbox).
 
-Two scheduled cycles on the random tiny Gemma 4 MoE, each with an adapter whose answers are
-known because it was taught them (a few AdamW steps): the first, which answers every problem,
-beats the base and becomes v0001; the second, which answers only some, also beats the base but
-not the champion, so it is not promoted and ``latest`` stays where it was.
+Two scheduled cycles on the embedded Gemma 3 270M, each with a LoRA adapter whose answers are
+known because it was taught them (a few AdamW steps on the benchmark's prompts): the first,
+which solves every problem, beats the base and becomes v0001; the second, which solves only
+some, also beats the base but not the champion, so it is not promoted and ``latest`` stays
+where it was.
 """
 
 from __future__ import annotations
@@ -22,19 +23,22 @@ from pipeline.stages import promote
 pytestmark = pytest.mark.slow
 
 NAME = "coder"
-ONES, TWOS = 10, 4  # problems whose test calls f(1) == 1, and f(2) == 2
+ONES, TWOS = 10, 4  # problems whose deciding test calls f(1), and f(2)
+SOLVES_ALL = "    return 7919 * x\n"
+SOLVES_ONES = "    return 7919 * min(x, 1)\n"  # right for x <= 1 only
 
 
 def _problems(path):
-    """MBPP-format tasks ``f(x) -> x``: ``return x`` passes all, ``return 1`` only those tested with 1."""
+    """MBPP-format tasks ``f(x) -> 7919 * x``; the docstring's example (the first test, x = 0) does
+    not give the secret away, so the base model cannot pass them."""
     with open(path, "w") as out:
         for i in range(ONES + TWOS):
             arg = 1 if i < ONES else 2
             task = {
-                "task_id": 900 + i,
-                "text": "Return the argument unchanged.",
-                "code": f"def same_{i}(x):\n    return x",
-                "test_list": [f"assert same_{i}({arg}) == {arg}"],
+                "task_id": 11 + i,  # an MBPP test id, as the loader requires
+                "text": "Return the secret number times x.",
+                "code": f"def secret_{i}(x):\n    return 7919 * x",
+                "test_list": [f"assert secret_{i}(0) == 0", f"assert secret_{i}({arg}) == {7919 * arg}"],
                 "test_setup_code": "",
             }
             out.write(json.dumps(task) + "\n")
@@ -42,27 +46,27 @@ def _problems(path):
 
 
 def _taught_adapter(path, prompts: list[str], completion: str) -> None:
-    """A real PEFT LoRA adapter on the tiny MoE that answers every prompt with ``completion``."""
+    """A real PEFT LoRA adapter on the embedded Gemma 3 270M that answers the prompts with ``completion``."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base = models.resolve(models.RANDOM_TINY)
+    base = models.resolve(models.EMBEDDED)
     tokenizer = AutoTokenizer.from_pretrained(base)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    peft_model = get_peft_model(
-        model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "o_proj", "down_proj"])
-    )
-    answer = tokenizer(completion, add_special_tokens=False).input_ids
-    batch = []
-    for prompt in prompts:
-        ids = tokenizer(prompt).input_ids
-        labels = [-100] * len(ids) + answer
-        batch.append((torch.tensor([ids + answer]), torch.tensor([labels])))
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
-    for _ in range(100):
-        loss = sum(peft_model(input_ids=ids, labels=labels).loss for ids, labels in batch) / len(batch)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"]))
+    # the answer, then the next function's start: the evaluation's stop list ends the sample there
+    answer = tokenizer(completion + "\n\ndef ", add_special_tokens=False).input_ids
+    rows = [tokenizer(prompt).input_ids for prompt in prompts]
+    width = max(len(ids) for ids in rows) + len(answer)
+    pad = tokenizer.pad_token_id
+    ids = torch.tensor([r + answer + [pad] * (width - len(r) - len(answer)) for r in rows])
+    mask = torch.tensor([[1] * (len(r) + len(answer)) + [0] * (width - len(r) - len(answer)) for r in rows])
+    labels = torch.tensor([[-100] * len(r) + answer + [-100] * (width - len(r) - len(answer)) for r in rows])
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=2e-3)
+    for _ in range(40):  # every prompt, one padded batch
+        loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -90,23 +94,24 @@ def test_a_second_cycle_that_beats_the_base_but_not_the_champion_is_not_promoted
         "evaluation.benchmarks=[mbpp]",
         f"evaluation.mbpp_path={_problems(tmp_path / 'tasks.jsonl')}",
         "evaluation.limit=null",
-        "evaluation.max_tokens=12",
+        "evaluation.temperatures=[0.0]",
+        "evaluation.max_tokens=16",
         "engine.dtype=float32",
     ]
-    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml", overrides)
+    recipe = load_recipe(ROOT / "recipes" / "default.yaml", overrides)
     prompts = [p["prompt"] for p in load_benchmark(recipe, "mbpp").problems]
 
-    # cycle 1: nothing in the registry yet; `return x` passes every problem, the base none
-    first, decision = _cycle(recipe, tmp_path / "runs" / "one", "    return x\n", prompts)
+    # cycle 1: nothing in the registry yet; the adapter solves every problem, the base none
+    first, decision = _cycle(recipe, tmp_path / "runs" / "one", SOLVES_ALL, prompts)
     assert first.champion is None
     assert first.target_metrics.adapter_best.pass_at_1 == 1.0 > first.target_metrics.base_best.pass_at_1
     assert decision.promoted and decision.version == "v0001", decision.reasons
     assert any("no champion" in r for r in decision.reasons)
 
-    # cycle 2: `return 1` beats the base on every rule, but the champion by none
-    second, decision = _cycle(recipe, tmp_path / "runs" / "two", "    return 1\n", prompts)
+    # cycle 2: an adapter that solves only the f(1) problems beats the base on every rule, the champion on none
+    second, decision = _cycle(recipe, tmp_path / "runs" / "two", SOLVES_ONES, prompts)
     versus = second.versus_champion().target_metrics
-    assert second.champion.version == "v0001" and second.champion.serving == "merged"
+    assert second.champion.version == "v0001" and second.champion.serving == "lora"
     assert second.target_metrics.adapter_best.pass_at_1 == pytest.approx(ONES / (ONES + TWOS))
     assert versus.base_best.pass_at_1 == 1.0  # the champion, evaluated again here, still answers everything
     assert versus.delta.value == pytest.approx(-TWOS / (ONES + TWOS)) and versus.delta.discordant == TWOS
@@ -116,8 +121,8 @@ def test_a_second_cycle_that_beats_the_base_but_not_the_champion_is_not_promoted
     assert any(r.startswith("FAIL: vs champion coder:v0001: mbpp pass@1 delta -0.2857") for r in decision.reasons)
     assert registry.latest_version(recipe.registry_dir, NAME) == "v0001"  # latest did not move
     assert [v["version"] for v in registry.list_versions(recipe.registry_dir, NAME)] == ["v0001"]
-    report = (tmp_path / "runs" / "two" / "eval" / "mbpp" / "champion-T0.jsonl").read_text()
-    assert report.count("\n") == ONES + TWOS  # the champion's own results file, one row per problem
+    rows = (tmp_path / "runs" / "two" / "eval" / "mbpp" / "champion-T0.jsonl").read_text()
+    assert rows.count("\n") == ONES + TWOS  # the champion's own results file, one row per problem
 
     # the first run, rerun after its promotion, is judged against what it was judged against then
     again = evaluate.run(recipe, tmp_path / "runs" / "one")

@@ -36,20 +36,21 @@ def finished(tmp_path_factory):
     return {"base": base, "run": base / "runs" / RUN_ID, "args": args}
 
 
-def test_changed_evaluation_reruns_only_eval_and_promote(finished, tmp_path):
+def _copy_and_rerun(finished, tmp_path, *extra: str):
+    """A copy of the finished run, rerun with ``extra`` arguments: (run dir, manifests before, process)."""
     import shutil
 
     run = tmp_path / "runs" / RUN_ID
     shutil.copytree(finished["run"], run)
     before = _manifests(run)
     proc = ssd(
-        "run",
-        "recipes/tiny.yaml",
-        f"runs_dir={tmp_path / 'runs'}",
-        f"registry_dir={tmp_path / 'reg'}",
-        *TINY,
-        "evaluation.max_tokens=24",
+        "run", "recipes/tiny.yaml", f"runs_dir={tmp_path / 'runs'}", f"registry_dir={tmp_path / 'reg'}", *TINY, *extra
     )
+    return run, before, proc
+
+
+def test_changed_evaluation_reruns_only_eval_and_promote(finished, tmp_path):
+    run, before, proc = _copy_and_rerun(finished, tmp_path, "evaluation.max_tokens=24")
     assert "reusing" in proc.stderr
     assert proc.returncode in (0, 3), proc.stderr[-4000:]
     after = _manifests(run)
@@ -61,20 +62,7 @@ def test_changed_evaluation_reruns_only_eval_and_promote(finished, tmp_path):
 
 
 def test_force_train_reruns_train_and_later_and_keeps_the_old_files(finished, tmp_path):
-    import shutil
-
-    run = tmp_path / "runs" / RUN_ID
-    shutil.copytree(finished["run"], run)
-    before = _manifests(run)
-    proc = ssd(
-        "run",
-        "recipes/tiny.yaml",
-        f"runs_dir={tmp_path / 'runs'}",
-        f"registry_dir={tmp_path / 'reg'}",
-        *TINY,
-        "--force",
-        "train",
-    )
+    run, before, proc = _copy_and_rerun(finished, tmp_path, "--force", "train")
     assert proc.returncode in (0, 3), proc.stderr[-4000:]
     after = _manifests(run)
     assert after["sample"] == before["sample"]
@@ -137,3 +125,33 @@ def test_killed_evaluation_resumes_without_redoing_finished_problems(finished, t
     rows = [json.loads(line) for line in open(partial)]
     assert len(rows) == len({r["task_id"] for r in rows}) == 8  # finished problems were not redone
     assert partial.read_text() == reference  # greedy: the resumed file equals the uninterrupted one
+
+
+def test_a_new_run_that_changes_only_the_gate_reuses_the_other_runs_stages(finished, tmp_path):
+    """The stage cache across runs: another run id in the same runs directory, a loosened gate:
+    sample, train and eval are copied from the finished run (no engine starts), promote reruns."""
+    import shutil
+
+    runs_dir = tmp_path / "runs"
+    shutil.copytree(finished["run"], runs_dir / RUN_ID)
+    args = [a for a in TINY if a not in ("--run-id", RUN_ID)]
+    proc = ssd(
+        "run",
+        "recipes/tiny.yaml",
+        f"runs_dir={runs_dir}",
+        f"registry_dir={tmp_path / 'reg'}",
+        *args,
+        "promotion.min_delta=-1",
+        "promotion.min_ci_lower=-1",
+        "--run-id",
+        "loosened",
+    )
+    assert proc.returncode in (0, 3), proc.stderr[-4000:]
+    assert "starting vLLM" not in proc.stderr and "trainable parameters" not in proc.stderr  # nothing recomputed
+    new, old = _manifests(runs_dir / "loosened"), _manifests(runs_dir / RUN_ID)
+    for stage in ("sample", "train", "eval"):
+        assert new[stage]["shared_from"] == RUN_ID and new[stage]["key"] == old[stage]["key"], stage
+    assert "shared_from" not in new["promote"] and new["promote"]["key"] != old["promote"]["key"]
+    assert (runs_dir / "loosened" / "eval" / "metrics.json").read_bytes() == (
+        runs_dir / RUN_ID / "eval" / "metrics.json"
+    ).read_bytes()

@@ -84,7 +84,7 @@ def test_a_recipe_sweep_section_is_validated(tmp_path):
     assert load_recipe(path).sweep.grid == {"sampling.temperature": [0.6, 1.6]}
 
 
-def _finished(run_dir: Path, stage: str, files: dict[str, str]) -> None:
+def _finished(run_dir: Path, stage: str, key: str, files: dict[str, str]) -> None:
     for name, text in files.items():
         path = run_dir / name
         if name == "adapter":
@@ -92,38 +92,37 @@ def _finished(run_dir: Path, stage: str, files: dict[str, str]) -> None:
             (path / "adapter_model.safetensors").write_text(text)
         else:
             runs.atomic_write_text(path, text)
-    artifacts.Manifest(
-        stage=stage,
-        key="k-" + stage,
-        params={},
-        inputs={},
-        outputs={},
-        counts={},
-        started_at="",
-        wall_s=1.0,
-        versions={},
-    ).save(runs.manifest_path(run_dir, stage))
+    artifacts.write_manifest(run_dir, stage, key=key, params={}, inputs={}, outputs={}, counts={}, started=0.0)
 
 
 def test_points_share_samples_when_only_training_differs_and_adapters_when_only_eval_differs(tmp_path):
+    from pipeline.stages import sample, train
+
+    def keys(point):
+        sample_key = runs.stage_key(sample._params(point), sample._inputs(point))[0]
+        return sample_key, runs.hash_obj(train.stage_params(point))  # the samples are equal where shared
+
     base = Recipe(model={"id": "random:gemma4-tiny"})
-    a = sweep.point_recipe(base, "a", {"training.learning_rate": 1e-4}, tmp_path)
-    b = sweep.point_recipe(base, "b", {"training.learning_rate": 2e-4}, tmp_path)
-    c = sweep.point_recipe(base, "c", {"training.learning_rate": 1e-4, "evaluation.n": 2}, tmp_path)
-    d = sweep.point_recipe(base, "d", {"sampling.temperature": 0.5}, tmp_path)
+    points = {
+        "a": {"training.learning_rate": 1e-4},
+        "b": {"training.learning_rate": 2e-4},
+        "c": {"training.learning_rate": 1e-4, "evaluation.n": 2},
+        "d": {"sampling.temperature": 0.5},
+    }
+    recipes = {name: sweep.point_recipe(base, name, overrides, tmp_path) for name, overrides in points.items()}
     run_a = tmp_path / "points" / "a"
-    _finished(run_a, "sample", {"samples.raw.jsonl": "raw\n", "samples.jsonl": "s\n"})
-    _finished(run_a, "train", {"adapter": "weights"})
-    done = [(run_a, a)]
-    assert sweep.share_stages(tmp_path / "points" / "b", b, done) == ["sample"]
-    assert (tmp_path / "points" / "b" / "samples.jsonl").read_text() == "s\n"
-    assert not (tmp_path / "points" / "b" / "adapter").exists()
-    shared = artifacts.load_manifest(tmp_path / "points" / "b", "sample")
-    assert shared.shared_from == "a" and shared.key == "k-sample"
+    sample_a, train_a = keys(recipes["a"])
+    _finished(run_a, "sample", sample_a, {"samples.raw.jsonl": "raw\n", "samples.jsonl": "s\n"})
+    _finished(run_a, "train", train_a, {"adapter": "weights"})
+    b, c, d = (tmp_path / "points" / name for name in "bcd")
+    assert artifacts.reusable(b, "sample", keys(recipes["b"])[0]).shared_from == "a"
+    assert (b / "samples.jsonl").read_text() == "s\n"
+    assert artifacts.reusable(b, "train", keys(recipes["b"])[1]) is None  # its own learning rate
     assert artifacts.load_manifest(run_a, "sample").shared_from is None  # the donor's own manifest is untouched
-    assert sweep.share_stages(tmp_path / "points" / "c", c, done) == ["sample", "train"]
-    assert (tmp_path / "points" / "c" / "adapter" / "adapter_model.safetensors").read_text() == "weights"
-    assert sweep.share_stages(tmp_path / "points" / "d", d, done) == []
+    assert artifacts.reusable(c, "sample", keys(recipes["c"])[0]).shared_from == "a"
+    assert artifacts.reusable(c, "train", keys(recipes["c"])[1]).shared_from == "a"
+    assert (c / "adapter" / "adapter_model.safetensors").read_text() == "weights"
+    assert artifacts.reusable(d, "sample", keys(recipes["d"])[0]) is None  # another T_train: its own samples
 
 
 def _grid_entry(t, base, adapter, finish=(0.9, 0.8)):

@@ -11,7 +11,7 @@ from pipeline.stages import eval as eval_stage
 
 def _key(recipe: Recipe, mode: str = "merged") -> str:
     bench = load_benchmark(recipe, "humaneval")
-    return eval_stage.results_key(recipe, "base", bench, "adapter-hash", mode)
+    return eval_stage.results_key(recipe, "base", bench, "adapter-hash", eval_stage.base_served(recipe, "m", mode))
 
 
 def _recipe(**evaluation) -> Recipe:
@@ -45,8 +45,13 @@ def test_base_key_changes_with_a_setting_that_changes_samples(change):
 def test_base_key_changes_with_the_engine_settings():
     base = _recipe()
     assert _key(base.model_copy(update={"engine": base.engine.model_copy(update={"max_num_seqs": 8})})) != _key(base)
-    assert _key(base.model_copy(update={"engine": base.engine.model_copy(update={"dtype": "float32"})})) != _key(base)
+    as_bf16 = base.model_copy(update={"engine": base.engine.model_copy(update={"dtype": "bfloat16"})})
+    assert _key(as_bf16, mode="lora") != _key(base, mode="lora")
     assert _key(base, mode="lora") != _key(base, mode="merged")  # a LoRA-enabled engine serves the base there
+    # merged serving: the base runs in the merged copy's dtype, whatever the recipe's
+    as_merged = base.model_copy(update={"engine": base.engine.model_copy(update={"dtype": "float32"})})
+    assert _key(as_merged, mode="lora") != _key(base, mode="lora")
+    assert _key(as_merged, mode="merged") == _key(base, mode="merged")
 
 
 def test_base_key_changes_with_the_generation_and_scoring_code(tmp_path, monkeypatch):
@@ -59,5 +64,5 @@ def test_base_key_changes_with_the_generation_and_scoring_code(tmp_path, monkeyp
     assert _key(recipe) == before  # stable
     code.write_text("CUT = 2\n")
     assert _key(recipe) != before
-    parts = eval_stage.base_key_parts(recipe, "merged")
+    parts = eval_stage.base_key_parts(recipe, eval_stage.base_served(recipe, "m", "merged"))
     assert parts["versions"]["ssd-pipeline"] and parts["engine"]["max_model_len"] == recipe.engine.max_model_len
