@@ -95,7 +95,7 @@ def test_a_second_cycle_that_beats_the_base_but_not_the_champion_is_not_promoted
         f"evaluation.mbpp_path={_problems(tmp_path / 'tasks.jsonl')}",
         "evaluation.limit=null",
         "evaluation.temperatures=[0.0]",
-        "evaluation.max_tokens=16",
+        "evaluation.max_tokens=32",  # room for the longer answer and the stop after it
         "engine.dtype=float32",
     ]
     recipe = load_recipe(ROOT / "recipes" / "default.yaml", overrides)
