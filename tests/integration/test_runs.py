@@ -49,18 +49,6 @@ def _copy_and_rerun(finished, tmp_path, *extra: str):
     return run, before, proc
 
 
-def test_changed_evaluation_reruns_only_eval_and_promote(finished, tmp_path):
-    run, before, proc = _copy_and_rerun(finished, tmp_path, "evaluation.max_tokens=24")
-    assert "reusing" in proc.stderr
-    assert proc.returncode in (0, 3), proc.stderr[-4000:]
-    after = _manifests(run)
-    assert after["sample"] == before["sample"] and after["train"] == before["train"]
-    assert after["eval"]["key"] != before["eval"]["key"]
-    assert after["eval"]["params"]["evaluation"]["max_tokens"] == 24
-    rows = [json.loads(line) for line in open(run / "eval" / "humaneval" / "base-T0.jsonl")]
-    assert max(r["completion_tokens"] for r in rows) <= 24  # recomputed, not the stale 32-token rows
-
-
 def test_force_train_reruns_train_and_later_and_keeps_the_old_files(finished, tmp_path):
     run, before, proc = _copy_and_rerun(finished, tmp_path, "--force", "train")
     assert proc.returncode in (0, 3), proc.stderr[-4000:]
@@ -127,31 +115,43 @@ def test_killed_evaluation_resumes_without_redoing_finished_problems(finished, t
     assert partial.read_text() == reference  # greedy: the resumed file equals the uninterrupted one
 
 
-def test_a_new_run_that_changes_only_the_gate_reuses_the_other_runs_stages(finished, tmp_path):
-    """The stage cache across runs: another run id in the same runs directory, a loosened gate:
-    sample, train and eval are copied from the finished run (no engine starts), promote reruns."""
+def test_new_runs_take_the_unchanged_stages_of_a_finished_run(finished, tmp_path):
+    """The stage cache across runs: other run ids in the same runs directory. A loosened gate
+    copies sample, train and eval (no engine starts) and reruns promote; a changed evaluation
+    setting copies sample and train and reruns eval and promote."""
     import shutil
 
     runs_dir = tmp_path / "runs"
     shutil.copytree(finished["run"], runs_dir / RUN_ID)
     args = [a for a in TINY if a not in ("--run-id", RUN_ID)]
-    proc = ssd(
-        "run",
-        "recipes/tiny.yaml",
-        f"runs_dir={runs_dir}",
-        f"registry_dir={tmp_path / 'reg'}",
-        *args,
-        "promotion.min_delta=-1",
-        "promotion.min_ci_lower=-1",
-        "--run-id",
-        "loosened",
-    )
-    assert proc.returncode in (0, 3), proc.stderr[-4000:]
+    old = _manifests(runs_dir / RUN_ID)
+
+    def run(run_id: str, *extra: str):
+        proc = ssd(
+            "run",
+            "recipes/tiny.yaml",
+            f"runs_dir={runs_dir}",
+            f"registry_dir={tmp_path / 'reg'}",
+            *args,
+            *extra,
+            "--run-id",
+            run_id,
+        )
+        assert proc.returncode in (0, 3), proc.stderr[-4000:]
+        return proc, _manifests(runs_dir / run_id)
+
+    proc, new = run("loosened", "promotion.min_delta=-1", "promotion.min_ci_lower=-1")
     assert "starting vLLM" not in proc.stderr and "trainable parameters" not in proc.stderr  # nothing recomputed
-    new, old = _manifests(runs_dir / "loosened"), _manifests(runs_dir / RUN_ID)
     for stage in ("sample", "train", "eval"):
         assert new[stage]["shared_from"] == RUN_ID and new[stage]["key"] == old[stage]["key"], stage
     assert "shared_from" not in new["promote"] and new["promote"]["key"] != old["promote"]["key"]
-    assert (runs_dir / "loosened" / "eval" / "metrics.json").read_bytes() == (
-        runs_dir / RUN_ID / "eval" / "metrics.json"
-    ).read_bytes()
+    same = [(runs_dir / r / "eval" / "metrics.json").read_bytes() for r in ("loosened", RUN_ID)]
+    assert same[0] == same[1]
+
+    proc, new = run("shorter", "evaluation.max_tokens=24")
+    assert "trainable parameters" not in proc.stderr
+    assert new["sample"]["shared_from"] == new["train"]["shared_from"] == RUN_ID
+    assert "shared_from" not in new["eval"] and new["eval"]["key"] != old["eval"]["key"]
+    assert new["eval"]["params"]["evaluation"]["max_tokens"] == 24
+    rows = [json.loads(line) for line in open(runs_dir / "shorter" / "eval" / "humaneval" / "adapter-T0.jsonl")]
+    assert max(r["completion_tokens"] for r in rows) <= 24  # recomputed, not the finished run's 128-token rows
