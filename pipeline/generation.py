@@ -185,14 +185,24 @@ def stream(llm, prompts: list, params: list, lora_request=None):
 
     engine = llm.llm_engine
     index = {}
-    for i, (prompt, param) in enumerate(zip(prompts, params, strict=False)):
-        # As LLM.generate does: one output per request with all n samples. vLLM's default
-        # (CUMULATIVE) streams each of the n child sequences separately, and the one marked
-        # finished carries only the last child's completion.
-        param.output_kind = RequestOutputKind.FINAL_ONLY
-        request_id = f"ssd-{i}"  # outputs carry the id given here (vLLM's internal one differs)
-        engine.add_request(request_id, prompt, param, lora_request=lora_request)
-        index[request_id] = i
+    # The engine core runs in its own process and starts stepping as soon as a first request
+    # arrives: which requests share the first batches would then depend on timing (a loaded
+    # machine adds requests more slowly), and a different batch computes slightly different bf16
+    # logits, which can flip a sampled token. Scheduling is paused while every request is queued
+    # (vLLM's documented way: sleep level 0, wake up "scheduling"), so batches depend only on the
+    # requests.
+    llm.sleep(level=0)
+    try:
+        for i, (prompt, param) in enumerate(zip(prompts, params, strict=False)):
+            # As LLM.generate does: one output per request with all n samples. vLLM's default
+            # (CUMULATIVE) streams each of the n child sequences separately, and the one marked
+            # finished carries only the last child's completion.
+            param.output_kind = RequestOutputKind.FINAL_ONLY
+            request_id = f"ssd-{i}"  # outputs carry the id given here (vLLM's internal one differs)
+            engine.add_request(request_id, prompt, param, lora_request=lora_request)
+            index[request_id] = i
+    finally:
+        llm.wake_up(tags=["scheduling"])
     while engine.has_unfinished_requests():
         for out in engine.step():
             if out.finished:
