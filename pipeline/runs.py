@@ -282,7 +282,12 @@ def code_version(packages: tuple[str, ...], files: tuple[str, ...]) -> dict[str,
 
 def stage_key(params: dict, inputs: dict[str, Path]) -> tuple[str, dict[str, str]]:
     """The key that decides whether a finished stage can be reused, and the input hashes."""
-    hashes = {name: hash_path(path) for name, path in sorted(inputs.items())}
+    return hashed_key(params, {name: hash_path(path) for name, path in inputs.items()})
+
+
+def hashed_key(params: dict, hashes: dict[str, str]) -> tuple[str, dict[str, str]]:
+    """``stage_key`` for inputs already hashed (``hash_path``)."""
+    hashes = dict(sorted(hashes.items()))
     return hash_obj({"params": params, "inputs": hashes}), hashes
 
 

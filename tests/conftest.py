@@ -17,6 +17,44 @@ def ssd(*args: str, cwd: Path = ROOT, timeout: int = 1800) -> subprocess.Complet
     )
 
 
+# The tiny recipe as the run-lifecycle tests need it: chunks of 2 problems x 128 tokens take
+# seconds, so a kill lands between chunks; float32 keeps the random tiny model's greedy choices
+# free of bf16 ties.
+TINY_RUN_ID = "sched"
+TINY_OVERRIDES = ["evaluation.chunk_size=2", "evaluation.max_tokens=128", "engine.dtype=float32"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One finished ``ssd run recipes/tiny.yaml`` through the real CLI (real vLLM, TRL, sandbox),
+    shared by the end-to-end checks and the run-lifecycle tests: three engine starts, paid once.
+    Tests that change a run work on a copy (``shutil.copytree(tiny_run["run"], ...)``)."""
+    import time
+
+    base = tmp_path_factory.mktemp("tiny")
+    args = [
+        "run",
+        "recipes/tiny.yaml",
+        f"runs_dir={base / 'runs'}",
+        f"registry_dir={base / 'registry'}",
+        *TINY_OVERRIDES,
+        "--run-id",
+        TINY_RUN_ID,
+    ]
+    started = time.time()
+    proc = ssd(*args)
+    assert proc.returncode in (0, 3), proc.stderr[-5000:]  # 0 promoted, 3 completed and not promoted
+    return {
+        "base": base,
+        "run": base / "runs" / TINY_RUN_ID,
+        "args": args,
+        "overrides": args[2:-2],
+        "stdout": proc.stdout,
+        "code": proc.returncode,
+        "wall": time.time() - started,
+    }
+
+
 @pytest.fixture
 def recipe_file(tmp_path):
     """Write a recipe YAML into tmp_path and return its path."""
@@ -66,3 +104,38 @@ def moe_adapter(path, seed: int):
                 p.normal_(std=0.05)
     peft_model.save_pretrained(path)
     return path
+
+
+def taught_adapter(path, prompts: list[str], completion: str, *, steps: int = 40) -> Path:
+    """A real PEFT LoRA adapter on the embedded Gemma 3 270M, taught (AdamW, loss on the completion
+    only, every prompt in one padded batch) to answer each of ``prompts`` with ``completion``: what
+    the adapter says is then known, not left to the luck of random factors."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline import models
+
+    base = models.resolve(models.EMBEDDED)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"]))
+    answer = tokenizer(completion, add_special_tokens=False).input_ids
+    rows = [tokenizer(prompt).input_ids for prompt in prompts]
+    width = max(len(ids) for ids in rows) + len(answer)
+    pad = [tokenizer.pad_token_id]
+    ids = torch.tensor([r + answer + pad * (width - len(r) - len(answer)) for r in rows])
+    mask = torch.tensor([[1] * (len(r) + len(answer)) + [0] * (width - len(r) - len(answer)) for r in rows])
+    labels = torch.tensor([[-100] * len(r) + answer + [-100] * (width - len(r) - len(answer)) for r in rows])
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=2e-3)
+    for _ in range(steps):
+        loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        if loss.item() < 0.01:
+            break
+    assert loss.item() < 0.01, f"the adapter for {completion!r} did not learn it (loss {loss.item():.3f})"
+    peft_model.save_pretrained(path)
+    return Path(path)

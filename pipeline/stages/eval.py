@@ -132,15 +132,16 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
     started = time.time()
     cfg = recipe.evaluation
     eval_dir = run_dir / "eval"
-    champion = find_champion(recipe, run_dir / ADAPTER)
+    adapter_hash = runs.hash_path(run_dir / ADAPTER)  # hashed once: the key, the champion check, the LoRA id
+    champion = find_champion(recipe, adapter_hash)
     params = {
         **stage_params(recipe),
         "champion": champion and f"{champion.name}:{champion.version}",
         "engine": recipe.engine.model_dump(),
         **runs.code_version(ENGINE_PACKAGES, (*CODE_FILES, *STATISTICS_FILES)),
     }
-    key, inputs = runs.stage_key(
-        params, {"adapter": run_dir / ADAPTER} | ({"champion": champion.adapter} if champion else {})
+    key, inputs = runs.hashed_key(
+        params, {"adapter": adapter_hash} | ({"champion": runs.hash_path(champion.adapter)} if champion else {})
     )
     if manifest := artifacts.reusable(run_dir, STAGE, key):
         log.info("eval: reusing %s (inputs unchanged)", eval_dir / "metrics.json")
@@ -156,49 +157,36 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
     counts: dict[str, Any] = {
         "problems": {b.name: len(b.problems) for b in benches},
         "base_dir": str(base_dir),
-        "base_results_keys": {},  # benchmark/base-T<t> -> the key its results were generated (or reused) under
-        "base_problems_reused": 0,
     }
     rows: dict[Cell, list[dict]] = {}  # verdict rows
     skipped = champion and champion_skipped(recipe, champion)
     served: dict[str, Served] = {"base": base}
     order = ["base", "adapter"]
     if mode == "lora":  # the LoRA check runs on the base's engine, before anything is generated
-        served["adapter"] = serve_adapter(recipe, mode, base, run_dir / ADAPTER, ADAPTER, eval_dir / "merged-model")
+        served["adapter"] = serve_adapter(
+            recipe, mode, base, (run_dir / ADAPTER, adapter_hash), ADAPTER, eval_dir / "merged-model"
+        )
         if served["adapter"].serving == "merged":  # fell back: every arm in the merged copy's dtype
             mode = "merged"
             base = served["base"] = base_served(recipe, model_path, mode)
             order = ["adapter", "base"]  # the merged copy's engine is up: evaluate it first
     for label in order + (["champion"] if champion and not skipped else []):
-        clock, generated = time.time(), 0  # a merged adapter's check and merge come after the base's results
+        clock = time.time()  # a merged adapter's check and merge come after the base's results
         if label == "adapter" and label not in served:
-            served[label] = serve_adapter(recipe, mode, base, run_dir / ADAPTER, label, eval_dir / "merged-model")
+            served[label] = serve_adapter(
+                recipe, mode, base, (run_dir / ADAPTER, adapter_hash), label, eval_dir / "merged-model"
+            )
         elif label == "champion":
-            served[label] = serve_adapter(recipe, mode, base, champion.adapter, label, eval_dir / "merged-champion")
-        model = served[label]
-        for bench in benches:
-            for temperature in bench.temperatures:
-                name = f"{label}-T{temperature:g}"
-                where = (base_dir if label == "base" else eval_dir) / bench.name / f"{name}.jsonl"
-                file_key = results_key(recipe, label, bench, inputs.get(label, ""), base)
-                path = runs.keyed_log(where, file_key)
-                done = runs.complete_ids(runs.read_log(path), bench.n, "task_id")  # a cut-short problem is redone
-                if label == "base":
-                    counts["base_results_keys"][f"{bench.name}/{name}"] = file_key
-                    counts["base_problems_reused"] += len(done & {p["task_id"] for p in bench.problems})
-                for chunk in runs.chunks(bench.problems, cfg.chunk_size):
-                    pending = [p for p in chunk if p["task_id"] not in done]
-                    if not pending:
-                        continue
-                    samples = generate(recipe, model, bench, temperature, chunk, pending)
-                    scored = execute(recipe, pending, samples, desc=f"executing {bench.name}/{name}")
-                    with open(path, "a") as out:
-                        runs.append_rows(out, scored)
-                    generated += len(pending)
-                ids = [p["task_id"] for p in bench.problems]
-                rows[bench.name, temperature, label] = runs.last_copies(runs.read_log(path), ids, "task_id")
+            served[label] = serve_adapter(
+                recipe, mode, base, (champion.adapter, inputs["champion"]), label, eval_dir / "merged-champion"
+            )
+        arm = evaluate_model(recipe, served[label], benches, base_dir if label == "base" else eval_dir, inputs, base)
+        rows |= {(bench, t, label): found for (bench, t), found in arm.rows.items()}
+        if label == "base":
+            counts["base_results_keys"] = arm.file_keys
+            counts["base_problems_reused"] = arm.reused
         counts[f"{label}_s"] = round(time.time() - clock, 2)
-        counts[f"{label}_problems_generated"] = generated
+        counts[f"{label}_problems_generated"] = arm.generated
 
     def compared(reference: str) -> dict[str, artifacts.BenchmarkMetrics]:
         """Every benchmark's comparison of the adapter with ``reference`` (in the base's place)."""
@@ -247,13 +235,14 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
     )
 
 
-def find_champion(recipe: Recipe, adapter: Path) -> registry.Champion | None:
+def find_champion(recipe: Recipe, adapter_hash: str) -> registry.Champion | None:
     """The registry's current version under the recipe's name, unless ``promotion.against_champion``
-    is off (or there is none: a first cycle)."""
+    is off (or there is none: a first cycle). ``adapter_hash``: this run's adapter (once promoted,
+    the run is judged against the champion it was judged against before)."""
     if not recipe.promotion.against_champion:
         return None
     name = recipe.promotion.name or recipe.name
-    found = registry.champion(recipe.registry_dir, name, runs.hash_path(adapter))
+    found = registry.champion(recipe.registry_dir, name, adapter_hash)
     if found:
         log.info("eval: champion %s:%s (the registry's latest) is evaluated beside the base", name, found.version)
     return found
@@ -328,19 +317,21 @@ def serving_mode(recipe: Recipe, model_path: str) -> str:
     return mode
 
 
-def serve_adapter(recipe: Recipe, mode: str, base: Served, adapter: Path, label: str, merged: Path) -> Served:
-    """The adapter as it will be evaluated, checked after the engine loaded it: a ``LoRARequest``
-    on the base engine when vLLM applies all of it, otherwise a merged copy (verified against
-    PEFT in float32, written and served in ``MERGED_DTYPE``). Either way the served model's
-    effect on next-token log-probs must be PEFT's (``evaluation.serving``). ``merged``: where a
-    merged copy is written."""
+def serve_adapter(
+    recipe: Recipe, mode: str, base: Served, adapter: tuple[Path, str], label: str, merged: Path
+) -> Served:
+    """The adapter (its directory and content hash) as it will be evaluated, checked after the
+    engine loaded it: a ``LoRARequest`` on the base engine when vLLM applies all of it, otherwise a
+    merged copy (verified against PEFT in float32, written and served in ``MERGED_DTYPE``). Either
+    way the served model's effect on next-token log-probs must be PEFT's (``evaluation.serving``).
+    ``merged``: where a merged copy is written."""
+    adapter, digest = adapter
     peft_base, peft_adapted = serving.peft_logprobs(base.path, adapter, revision=base.revision)
     if mode == "lora":
         from vllm.lora.request import LoRARequest
 
         # vLLM caches a LoRA by its id for the engine's life: the id comes from the adapter's content,
         # so another adapter on the same engine (a champion, the next run) is never served as this one
-        digest = runs.hash_path(adapter)
         request = LoRARequest(f"{label}-{digest[:12]}", 1 + int(digest[:7], 16), str(adapter))
         llm = base.engine(recipe.engine)
         figures = serving.adapter_effect(
@@ -359,6 +350,44 @@ def serve_adapter(recipe: Recipe, mode: str, base: Served, adapter: Path, label:
     figures = serving.adapter_effect(served_logprobs(served.engine(recipe.engine)), peft_base, peft_adapted)
     figures = serving.check(figures, f"the merged copy served by vLLM in {MERGED_DTYPE}")
     return dataclasses.replace(served, serving_check=figures | {"dtype": MERGED_DTYPE})
+
+
+@dataclass
+class Arm:
+    """One model's results over every benchmark and temperature."""
+
+    rows: dict[tuple[str, float], list[dict]]  # (benchmark, temperature) -> the last verdict row of each problem
+    generated: int  # problems generated now (the rest were in the results files)
+    file_keys: dict[str, str]  # "<benchmark>/<label>-T<t>" -> the key its results file is written under
+    reused: int  # problems found finished in the results files
+
+
+def evaluate_model(
+    recipe: Recipe, model: Served, benches: list[Benchmark], where: Path, inputs: dict[str, str], base: Served
+) -> Arm:
+    """Generate and score ``model``'s missing problems, chunk by chunk, appending to its results
+    files under ``where`` (a file written under another key is moved aside), and read them back."""
+    arm = Arm({}, 0, {}, 0)
+    for bench in benches:
+        ids = [p["task_id"] for p in bench.problems]
+        for temperature in bench.temperatures:
+            name = f"{model.label}-T{temperature:g}"
+            file_key = results_key(recipe, model.label, bench, inputs.get(model.label, ""), base)
+            path = runs.keyed_log(where / bench.name / f"{name}.jsonl", file_key)
+            done = runs.complete_ids(runs.read_log(path), bench.n, "task_id")  # a cut-short problem is redone
+            arm.file_keys[f"{bench.name}/{name}"] = file_key
+            arm.reused += len(done & set(ids))
+            for chunk in runs.chunks(bench.problems, recipe.evaluation.chunk_size):
+                pending = [p for p in chunk if p["task_id"] not in done]
+                if not pending:
+                    continue
+                samples = generate(recipe, model, bench, temperature, chunk, pending)
+                scored = execute(recipe, pending, samples, desc=f"executing {bench.name}/{name}")
+                with open(path, "a") as out:
+                    runs.append_rows(out, scored)
+                arm.generated += len(pending)
+            arm.rows[bench.name, temperature] = runs.last_copies(runs.read_log(path), ids, "task_id")
+    return arm
 
 
 def served_logprobs(llm, lora_request=None) -> serving.TopLogprobs:

@@ -1,8 +1,7 @@
 """The whole cycle through the CLI on the random tiny Gemma 4 MoE: real vLLM, real TRL/PEFT,
-real sandboxed executions. One run (module fixture), many checks of what it wrote."""
+real sandboxed executions. One run (the session's ``tiny_run``), many checks of what it wrote."""
 
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -17,24 +16,11 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cycle(tmp_path_factory):
-    base = tmp_path_factory.mktemp("tiny")
-    args = ["run", "recipes/tiny.yaml", f"runs_dir={base / 'runs'}", f"registry_dir={base / 'registry'}"]
-    started = time.time()
-    proc = ssd(*args)
-    assert proc.returncode in (0, 3), proc.stderr[-5000:]  # 0 promoted, 3 completed and not promoted
-    runs = list((base / "runs").iterdir())
+def cycle(tiny_run):
+    """The session's finished tiny run (conftest.tiny_run), with its recipe."""
+    runs = list((tiny_run["base"] / "runs").iterdir())
     assert len(runs) == 1
-    recipe = load_recipe(ROOT / "recipes" / "tiny.yaml", args[2:])
-    return {
-        "run": runs[0],
-        "base": base,
-        "args": args,
-        "stdout": proc.stdout,
-        "code": proc.returncode,
-        "recipe": recipe,
-        "wall": time.time() - started,
-    }
+    return {**tiny_run, "recipe": load_recipe(ROOT / "recipes" / "tiny.yaml", tiny_run["overrides"])}
 
 
 def manifest(run: Path, stage: str) -> dict:

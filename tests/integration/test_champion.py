@@ -12,9 +12,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, taught_adapter
 
-from pipeline import models
 from pipeline.deploy import registry
 from pipeline.recipe import load_recipe
 from pipeline.stages import eval as evaluate
@@ -45,42 +44,12 @@ def _problems(path):
     return path
 
 
-def _taught_adapter(path, prompts: list[str], completion: str) -> None:
-    """A real PEFT LoRA adapter on the embedded Gemma 3 270M that answers the prompts with ``completion``."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base = models.resolve(models.EMBEDDED)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"]))
-    # the answer, then the next function's start: the evaluation's stop list ends the sample there
-    answer = tokenizer(completion + "\n\ndef ", add_special_tokens=False).input_ids
-    rows = [tokenizer(prompt).input_ids for prompt in prompts]
-    width = max(len(ids) for ids in rows) + len(answer)
-    pad = tokenizer.pad_token_id
-    ids = torch.tensor([r + answer + [pad] * (width - len(r) - len(answer)) for r in rows])
-    mask = torch.tensor([[1] * (len(r) + len(answer)) + [0] * (width - len(r) - len(answer)) for r in rows])
-    labels = torch.tensor([[-100] * len(r) + answer + [-100] * (width - len(r) - len(answer)) for r in rows])
-    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=2e-3)
-    for _ in range(40):  # every prompt, one padded batch
-        loss = peft_model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if loss.item() < 0.01:
-            break
-    assert loss.item() < 0.01, f"the adapter for {completion!r} did not learn it (loss {loss.item():.3f})"
-    peft_model.save_pretrained(path)
-
-
 def _cycle(recipe, run_dir, completion: str, prompts: list[str]):
     """One scheduled cycle's eval and promote stages on a run whose adapter answers ``completion``."""
     run_dir.mkdir(parents=True)
     (run_dir / "samples.jsonl").write_text("")  # the lineage hashes the samples the adapter came from
-    _taught_adapter(run_dir / "adapter", prompts, completion)
+    # the answer, then the next function's start: the evaluation's stop list ends the sample there
+    taught_adapter(run_dir / "adapter", prompts, completion + "\n\ndef ")
     metrics = evaluate.run(recipe, run_dir).metrics
     return metrics, promote.run(recipe, run_dir).decision
 

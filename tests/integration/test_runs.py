@@ -9,16 +9,15 @@ import sys
 import time
 
 import pytest
-from conftest import ROOT, ssd
+from conftest import ROOT, TINY_OVERRIDES, TINY_RUN_ID, ssd
 
 from pipeline.runs import RunBusyError, force_from, run_lock
 
 pytestmark = pytest.mark.slow
 
-RUN_ID = "sched"
-# Chunks of 2 problems x 128 tokens take seconds, so a kill lands between chunks; float32 keeps
-# the random tiny model's greedy choices free of bf16 ties.
-TINY = ["evaluation.chunk_size=2", "evaluation.max_tokens=128", "engine.dtype=float32", "--run-id", RUN_ID]
+RUN_ID = TINY_RUN_ID
+
+TINY = [*TINY_OVERRIDES, "--run-id", RUN_ID]
 
 
 def _manifests(run):
@@ -28,38 +27,9 @@ def _manifests(run):
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    base = tmp_path_factory.mktemp("sched")
-    args = ["run", "recipes/tiny.yaml", f"runs_dir={base / 'runs'}", f"registry_dir={base / 'registry'}", *TINY]
-    proc = ssd(*args)
-    assert proc.returncode in (0, 3), proc.stderr[-4000:]
-    return {"base": base, "run": base / "runs" / RUN_ID, "args": args}
-
-
-def _copy_and_rerun(finished, tmp_path, *extra: str):
-    """A copy of the finished run, rerun with ``extra`` arguments: (run dir, manifests before, process)."""
-    import shutil
-
-    run = tmp_path / "runs" / RUN_ID
-    shutil.copytree(finished["run"], run)
-    before = _manifests(run)
-    proc = ssd(
-        "run", "recipes/tiny.yaml", f"runs_dir={tmp_path / 'runs'}", f"registry_dir={tmp_path / 'reg'}", *TINY, *extra
-    )
-    return run, before, proc
-
-
-def test_force_train_reruns_train_and_later_and_keeps_the_old_files(finished, tmp_path):
-    run, before, proc = _copy_and_rerun(finished, tmp_path, "--force", "train")
-    assert proc.returncode in (0, 3), proc.stderr[-4000:]
-    after = _manifests(run)
-    assert after["sample"] == before["sample"]
-    for stage in ("train", "eval", "promote"):
-        assert (
-            after[stage]["started_at"] != before[stage]["started_at"]
-            or after[stage]["wall_s"] != before[stage]["wall_s"]
-        )
-    assert list(run.glob("adapter.forced-*")) and list(run.glob("eval.forced-*"))
+def finished(tiny_run):
+    """The session's finished tiny run (conftest.tiny_run); tests that change it work on a copy."""
+    return tiny_run
 
 
 def test_a_second_run_on_the_same_directory_is_refused(finished):
@@ -78,41 +48,51 @@ def test_force_rejects_unknown_stage(tmp_path):
         force_from(tmp_path, "fine-tune")
 
 
-def test_killed_evaluation_resumes_without_redoing_finished_problems(finished, tmp_path):
+def test_forced_training_killed_in_evaluation_resumes_without_redoing_finished_problems(finished, tmp_path):
+    """``--force train`` sets the old adapter and evaluation aside and recomputes train and later;
+    killed (SIGKILL) while it evaluates, the next run keeps the finished problems and does only the
+    rest. Training and greedy decoding are deterministic, so the resumed file equals the first
+    run's."""
     import shutil
 
     run = tmp_path / "runs" / RUN_ID
     shutil.copytree(finished["run"], run)
+    before = _manifests(run)
     reference = (finished["run"] / "eval" / "humaneval" / "adapter-T0.jsonl").read_text()
-    force_from(run, "eval")
-    cmd = [
-        sys.executable,
-        "-m",
-        "pipeline.cli",
-        "run",
-        "recipes/tiny.yaml",
-        f"runs_dir={tmp_path / 'runs'}",
-        f"registry_dir={tmp_path / 'reg'}",
-        *TINY,
-    ]
+    args = ["run", "recipes/tiny.yaml", f"runs_dir={tmp_path / 'runs'}", f"registry_dir={tmp_path / 'reg'}", *TINY]
     child = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        [sys.executable, "-m", "pipeline.cli", *args, "--force", "train"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     partial = run / "eval" / "humaneval" / "adapter-T0.jsonl"
     deadline = time.time() + 900
     while time.time() < deadline and child.poll() is None:
-        if partial.exists() and partial.read_text().count("\n") >= 2:
+        # the copied run's finished file first goes aside (eval.forced-*), then the new one grows
+        if list(run.glob("eval.forced-*")) and partial.exists() and partial.read_text().count("\n") >= 2:
             break
         time.sleep(0.02)
     os.killpg(child.pid, signal.SIGKILL)
     child.wait()
+    assert list(run.glob("adapter.forced-*")) and list(run.glob("eval.forced-*"))  # set aside, not deleted
     written = partial.read_text().count("\n")
     assert 2 <= written < 8, written
-    proc = ssd("run", "recipes/tiny.yaml", f"runs_dir={tmp_path / 'runs'}", f"registry_dir={tmp_path / 'reg'}", *TINY)
+
+    proc = ssd(*args)
     assert proc.returncode in (0, 3), proc.stderr[-4000:]
+    assert "trainable parameters" not in proc.stderr  # training had finished before the kill
+    after = _manifests(run)
+    assert after["sample"] == before["sample"]
+    for stage in ("train", "eval", "promote"):
+        assert (
+            after[stage]["started_at"] != before[stage]["started_at"]
+            or after[stage]["wall_s"] != before[stage]["wall_s"]
+        ), stage
     rows = [json.loads(line) for line in open(partial)]
     assert len(rows) == len({r["task_id"] for r in rows}) == 8  # finished problems were not redone
-    assert partial.read_text() == reference  # greedy: the resumed file equals the uninterrupted one
+    assert partial.read_text() == reference
 
 
 def test_new_runs_take_the_unchanged_stages_of_a_finished_run(finished, tmp_path):
@@ -123,7 +103,7 @@ def test_new_runs_take_the_unchanged_stages_of_a_finished_run(finished, tmp_path
 
     runs_dir = tmp_path / "runs"
     shutil.copytree(finished["run"], runs_dir / RUN_ID)
-    args = [a for a in TINY if a not in ("--run-id", RUN_ID)]
+    args = TINY_OVERRIDES
     old = _manifests(runs_dir / RUN_ID)
 
     def run(run_id: str, *extra: str):

@@ -15,7 +15,7 @@ import time
 import urllib.request
 
 import pytest
-from conftest import ROOT, lineage, moe_adapter
+from conftest import ROOT, lineage, moe_adapter, taught_adapter
 
 from pipeline import cli, models
 from pipeline.deploy import registry, serve
@@ -188,41 +188,6 @@ def _free_port() -> int:
 PROMPT = "def fibonacci(n):\n"
 
 
-def _trained_adapters(targets: dict) -> list:
-    """Real PEFT LoRA adapters on the embedded Gemma 3 270M, one per ``{path: completion}``, each
-    trained (a few AdamW steps, loss on the completion only) to answer ``PROMPT`` with its
-    completion: what an adapter says is then known, not left to the luck of random factors."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    base = models.resolve(models.EMBEDDED)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"]))
-    prompt = tokenizer(PROMPT).input_ids
-    for path, completion in targets.items():
-        with torch.no_grad():
-            for name, p in peft_model.named_parameters():
-                if "lora_B" in name:
-                    p.zero_()  # each adapter starts from "no change"
-        ids = torch.tensor([prompt + tokenizer(completion, add_special_tokens=False).input_ids])
-        labels = ids.clone()
-        labels[0, : len(prompt)] = -100
-        optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=2e-3)
-        for _ in range(30):
-            loss = peft_model(input_ids=ids, labels=labels).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            if loss.item() < 0.01:
-                break
-        assert loss.item() < 0.01, f"the adapter for {completion!r} did not learn it (loss {loss.item():.3f})"
-        peft_model.save_pretrained(path)
-    return list(targets)
-
-
 def _wait_for(log, pattern: str, proc: subprocess.Popen, timeout: float) -> re.Match:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -241,7 +206,8 @@ def test_real_server_answers_for_base_and_adapter_rolls_back_and_stops_cleanly(t
 
     reg = tmp_path / "registry"
     completions = {tmp_path / "a1": "    return fib_one(n)\n", tmp_path / "a2": "    return fib_two(n)\n"}
-    for adapter in _trained_adapters(completions):
+    for path, completion in completions.items():
+        adapter = taught_adapter(path, [PROMPT], completion, steps=30)
         registry.promote(reg, NAME, adapter, lineage(models.EMBEDDED))  # v0001 (fib_one), v0002 (fib_two, latest)
     port = _free_port()
     log = tmp_path / "serve.log"
