@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -165,8 +166,10 @@ def test_shards_take_whole_chunks_in_turn():
 
 # float32: the random tiny model has near-flat next-token distributions, where bf16 rounding noise
 # from a busy machine can flip a sampled token; float32 keeps the comparison about the pipeline.
+# Two samples per prompt: every test below also checks that all n arrive.
 TINY = [
     "prompts.limit=40",
+    "sampling.n=2",
     "sampling.max_tokens=48",
     "sampling.chunk_size=8",
     "engine.max_num_seqs=4",
@@ -216,14 +219,15 @@ def test_resume_after_kill_9_gives_the_uninterrupted_file(reference, tmp_path):
     os.killpg(proc.pid, signal.SIGKILL)  # the CLI and vLLM's engine processes, mid-run
     proc.wait()
     assert raw is not None, "sampling never started writing"
-    done_at_kill = len({json.loads(line)["id"] for line in raw.read_text().splitlines() if line.endswith("}")})
+    complete = Counter(json.loads(line)["id"] for line in raw.read_text().splitlines() if line.endswith("}"))
+    done_at_kill = sum(count == 2 for count in complete.values())  # prompts with both samples written
     assert 0 < done_at_kill < 40, done_at_kill
     assert not (raw.parent / "samples.jsonl").exists()  # the training set is only written when complete
     proc = _sample(tmp_path)
     assert "of 40 prompts to go" in proc.stderr and f"{done_at_kill} prompts already in" in proc.stderr
     assert (raw.parent / "samples.jsonl").read_bytes() == (reference / "samples.jsonl").read_bytes()
-    ids = [json.loads(line)["id"] for line in raw.read_text().splitlines()]
-    assert len(ids) == len(set(ids)) == 40  # nothing lost, nothing twice
+    ids = [(row["id"], row["sample_index"]) for row in map(json.loads, raw.read_text().splitlines())]
+    assert len(ids) == len(set(ids)) == 80  # nothing lost, nothing twice
 
 
 @pytest.mark.slow
@@ -239,24 +243,16 @@ def test_shards_merge_into_the_unsharded_file(reference, tmp_path):
 
 
 @pytest.mark.slow
-def test_n_samples_per_prompt_all_arrive(tmp_path):
+def test_n_samples_per_prompt_all_arrive(reference):
     """With n > 1 every sample of a prompt is kept. (vLLM's default output kind streams the n
     child sequences one by one, and the output marked finished holds only the last child's: the
     stage once kept one sample of four without noticing.)"""
-    _sample(
-        tmp_path,
-        "prompts.limit=6",
-        "sampling.n=3",
-        "sampling.temperature=1.0",
-        "sampling.top_k=0",
-        "sampling.top_p=1.0",
-    )
-    rows = [json.loads(line) for line in open(_run_dir(tmp_path) / "samples.raw.jsonl")]
+    rows = [json.loads(line) for line in open(reference / "samples.raw.jsonl")]
     by_prompt: dict[str, list[int]] = {}
     for row in rows:
         by_prompt.setdefault(row["id"], []).append(row["sample_index"])
-    assert len(by_prompt) == 6 and all(sorted(v) == [0, 1, 2] for v in by_prompt.values()), by_prompt
+    assert len(by_prompt) == 40 and all(sorted(v) == [0, 1] for v in by_prompt.values()), by_prompt
     texts = {}
     for row in rows:
         texts.setdefault(row["id"], set()).add(tuple(row["completion_token_ids"]))
-    assert any(len(t) > 1 for t in texts.values())  # three draws, not one repeated
+    assert sum(len(t) > 1 for t in texts.values()) >= 20  # two draws, not one repeated
