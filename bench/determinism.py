@@ -30,14 +30,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="ssd-determinism-") as tmp:
         for i in (1, 2):
             started = time.time()
-            burners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load if i == 2 else 0)]
+            burners = [
+                subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(load if i == 2 else 0)
+            ]
             cmd = [sys.executable, "-m", "pipeline.cli", "sample", recipe, f"runs_dir={tmp}/{i}", "--run-id", "det"]
             try:
                 subprocess.run([*cmd, *overrides], cwd=ROOT, check=True, capture_output=True)
             finally:
                 for burner in burners:
                     burner.kill()
-            print(f"run {i}: {time.time() - started:.0f} s{f' with {load} busy processes' if burners else ''}", flush=True)
+            print(
+                f"run {i}: {time.time() - started:.0f} s{f' with {load} busy processes' if burners else ''}", flush=True
+            )
             path = Path(tmp) / str(i) / "det" / "samples.raw.jsonl"
             rows.append({(r["id"], r["sample_index"]): r for r in map(json.loads, path.read_text().splitlines())})
     first, second = rows
