@@ -29,8 +29,6 @@ def tiny_run(tmp_path_factory):
     """One finished ``ssd run recipes/tiny.yaml`` through the real CLI (real vLLM, TRL, sandbox),
     shared by the end-to-end checks and the run-lifecycle tests: three engine starts, paid once.
     Tests that change a run work on a copy (``shutil.copytree(tiny_run["run"], ...)``)."""
-    import time
-
     base = tmp_path_factory.mktemp("tiny")
     args = [
         "run",
@@ -41,7 +39,6 @@ def tiny_run(tmp_path_factory):
         "--run-id",
         TINY_RUN_ID,
     ]
-    started = time.time()
     proc = ssd(*args)
     assert proc.returncode in (0, 3), proc.stderr[-5000:]  # 0 promoted, 3 completed and not promoted
     return {
@@ -51,7 +48,6 @@ def tiny_run(tmp_path_factory):
         "overrides": args[2:-2],
         "stdout": proc.stdout,
         "code": proc.returncode,
-        "wall": time.time() - started,
     }
 
 
