@@ -214,12 +214,19 @@ class BenchmarkMetrics(_Artifact):
     protocol: Protocol | None = None
     finish: Delta | None = Field(None, description="adapter - base finish rate at the adapter's T_eval, paired")
     sizing: Sizing | None = None
+    parts: dict[str, BenchmarkMetrics] = Field(
+        default_factory=dict,
+        description="a pooled benchmark's parts, each at the pool's T_eval on its share of the pool's confirmation "
+        "part (descriptive: the gate reads the pooled numbers)",
+    )
 
     @model_serializer(mode="wrap")
     def _omit_unset(self, handler) -> dict[str, Any]:
         out = handler(self)
         return {
-            key: value for key, value in out.items() if value is not None or key not in ("protocol", "finish", "sizing")
+            key: value
+            for key, value in out.items()
+            if not (key in ("protocol", "finish", "sizing") and value is None) and not (key == "parts" and not value)
         }
 
     def best(self, label: Label) -> Best:

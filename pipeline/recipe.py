@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 # Where a base model's function completion ends: a line at column 0 after the body (the Codex
@@ -28,6 +28,10 @@ from pydantic.fields import FieldInfo
 # a completion that starts in the function body, where every line of the body is indented. Not
 # here: "\n\n" (bodies have blank lines), imports (rarely, a body's import comes after it).
 FUNCTION_STOP = ["\ndef ", "\nclass ", "\nif ", "\nprint(", "\n#", "\nassert", "\n@", '\n"""', "\n```"]
+
+
+# What `evaluation.benchmarks` may name (pipeline/evaluation/benchmarks.py loads them); `+` pools.
+BENCHMARKS = ("humaneval", "mbpp", "livecodebench")
 
 
 class RecipeError(ValueError):
@@ -287,11 +291,12 @@ class EvaluationConfig(_Strict):
     T_eval row for Qwen3-30B-A3B-Instruct (0.9, 20, 0.8); the stop strings are HumanEval's.
     """
 
-    benchmarks: list[Literal["humaneval", "mbpp", "livecodebench"]] = Field(
+    benchmarks: list[str] = Field(
         default_factory=lambda: ["humaneval"],
         min_length=1,
-        description="the first is the gate's target, the others are guards that must not regress "
-        "(the paper: LiveCodeBench v6)",
+        description="`humaneval`, `mbpp`, `livecodebench`, or function benchmarks pooled with `+` "
+        "(`humaneval+mbpp`: one benchmark of 664 problems, more power); the first is the gate's target, the others "
+        "are guards that must not regress (the paper: LiveCodeBench v6)",
     )
     limit: int | None = Field(None, ge=1, description="first N problems of each benchmark (`null`: all)")
     temperatures: list[float] = Field(
@@ -392,6 +397,24 @@ class EvaluationConfig(_Strict):
     livecodebench: LiveCodeBenchConfig = Field(
         default_factory=LiveCodeBenchConfig, description="which LiveCodeBench problems"
     )
+
+    @field_validator("benchmarks")
+    @classmethod
+    def _known_benchmarks(cls, benchmarks: list[str]) -> list[str]:
+        for name in benchmarks:
+            parts = name.split("+")
+            if unknown := [part for part in parts if part not in BENCHMARKS]:
+                raise ValueError(f"benchmark {name!r}: unknown {unknown[0]!r}; known: {', '.join(BENCHMARKS)}")
+            if len(set(parts)) != len(parts):
+                raise ValueError(f"benchmark {name!r}: a benchmark is pooled with itself")
+            if len(parts) > 1 and "livecodebench" in parts:
+                raise ValueError(
+                    f"benchmark {name!r}: livecodebench cannot be pooled (its programs are judged per test case); "
+                    "pool function benchmarks only, e.g. humaneval+mbpp"
+                )
+        if len(set(benchmarks)) != len(benchmarks):
+            raise ValueError(f"benchmarks repeat: {benchmarks}")
+        return benchmarks
 
     @model_validator(mode="after")
     def _k_le_n(self) -> EvaluationConfig:

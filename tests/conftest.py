@@ -135,3 +135,18 @@ def taught_adapter(path, prompts: list[str], completion: str, *, steps: int = 40
     assert loss.item() < 0.01, f"the adapter for {completion!r} did not learn it (loss {loss.item():.3f})"
     peft_model.save_pretrained(path)
     return Path(path)
+
+
+def verdict_rows(passed: dict[str, list[bool]], finished: dict[str, list[bool]] | None = None) -> list[dict]:
+    """Verdict rows as the eval stage writes them, from {task_id: [passed per sample]}."""
+    return [
+        {
+            "task_id": task,
+            "passed": bool(ok),
+            "finish_reason": "stop" if (finished is None or finished[task][i]) else "length",
+            "completion_tokens": 10,
+            "completion": f"{task}-{i}",
+        }
+        for task, samples in passed.items()
+        for i, ok in enumerate(samples)
+    ]

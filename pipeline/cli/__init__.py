@@ -155,11 +155,25 @@ def _terminate(signum, _frame) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pipeline.cli import diff, export, plan, power, registry, resolve, run, sample, score, serve, sweep, train
+    from pipeline.cli import (
+        diff,
+        entropy,
+        export,
+        plan,
+        power,
+        registry,
+        resolve,
+        run,
+        sample,
+        score,
+        serve,
+        sweep,
+        train,
+    )
 
     parser = argparse.ArgumentParser(prog="ssd", description="Simple self-distillation with LoRA.")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for command in (run, sweep, sample, train, plan, power, score, registry, export, serve, resolve, diff):
+    for command in (run, sweep, sample, train, plan, power, score, entropy, registry, export, serve, resolve, diff):
         command.add_parser(subparsers)
     return parser
 

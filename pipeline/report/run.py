@@ -30,6 +30,7 @@ files under ``report/``.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import math
 import statistics
@@ -42,6 +43,7 @@ from matplotlib.figure import Figure
 
 from pipeline import artifacts, runs
 from pipeline.artifacts import Decision, EvalMetrics
+from pipeline.evaluation.mechanism import FORK_MIN, LOCK_MAX
 from pipeline.report.format import Table, delta, interval, num
 from pipeline.report.render import page
 
@@ -50,9 +52,7 @@ log = logging.getLogger(__name__)
 ASSETS = "report"
 MODELS = ("base", "adapter")
 COLORS = {"base": "#7a7a7a", "adapter": "#1f6fb4"}
-LOCK_MAX = 0.1  # entropy below this: a "lock" (one continuation all but certain)
-FORK_MIN = 1.0  # entropy above this: a "fork" (several continuations plausible)
-PLOT_IDS = ("pass1", "grid", "difficulty", "loss", "lengths", "entropy")
+PLOT_IDS = ("pass1", "grid", "difficulty", "loss", "lengths", "entropy", "mechanism")
 _NO_METRICS = "not recorded: eval/metrics.json is missing (the eval stage has not finished)"
 
 
@@ -86,7 +86,7 @@ def _figure(width: float = 7.0, height: float = 3.2) -> Figure:
     return fig
 
 
-class _Rows:
+class ResultFiles:
     """Per-sample JSONL files of the eval stage, read once each (they can be large)."""
 
     def __init__(self, run_dir: Path, base_dir: str | None = None):
@@ -266,6 +266,17 @@ def _statistics_section(metrics: EvalMetrics | None) -> Section:
                         f"< {sizing.detectable:.4f}): evaluate more guard problems or samples, or widen the margin."
                     )
         section.text.append(line)
+        for part_name, part in bench.parts.items():
+            d = part.delta
+            section.text.append(
+                f"{name}, its {part_name} part (descriptive: the gate reads {name}): "
+                f"{d.problems or len(part.protocol.confirmation.problems)} confirmation problems, pass@1 base "
+                f"{part.base_best.pass_at_1:.4f}, adapter {part.adapter_best.pass_at_1:.4f}, delta {delta(d.value)} "
+                f"{interval(d.ci_low, d.ci_high)}, one-sided p {num(d.p_value)}"
+                + (f", finish rate change {delta(part.finish.value)}" if part.finish else "")
+                + (f"; smallest change detected with 80% power: {part.sizing.detectable:.4f}" if part.sizing else "")
+                + "."
+            )
     return section
 
 
@@ -424,7 +435,7 @@ def _lengths_section(run_dir: Path, recipe: dict) -> Section:
     return section
 
 
-def _entropy_section(metrics: EvalMetrics | None, rows: _Rows) -> Section:
+def _entropy_section(metrics: EvalMetrics | None, rows: ResultFiles) -> Section:
     section = Section("Locks and forks: per-token entropy", plot_id="entropy")
     if metrics is None:
         section.missing = _NO_METRICS
@@ -482,6 +493,62 @@ def _entropy_section(metrics: EvalMetrics | None, rows: _Rows) -> Section:
     return section
 
 
+def _mechanism_section(run_dir: Path) -> Section:
+    """``ssd entropy``'s measurement: both models at the same positions of the base's samples."""
+    section = Section("Locks and forks at the same positions", plot_id="mechanism")
+    results, summary_path = run_dir / "eval" / "mechanism.jsonl", run_dir / "eval" / "mechanism.json"
+    if not (results.is_file() and summary_path.is_file()):
+        section.missing = "not measured: `ssd entropy RUN_DIR` scores the base's samples with both models"
+        return section
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
+    rows = runs.read_jsonl(results)
+    base = np.asarray([e for r in rows for e in r["base"]], dtype=float)
+    tuned = np.asarray([e for r in rows for e in r["adapter"]], dtype=float)
+    section.text = [
+        f"{summary['problems']} base samples of {summary['target']} at T_eval {summary['temperature']:g}, each "
+        "scored token by token by the base and by the adapter (teacher-forced, full-vocabulary entropy in nats). "
+        f"Positions are classed by the base's entropy: locks below {LOCK_MAX:g}, forks above {FORK_MIN:g}. "
+        "Intervals: 95% bootstrap over sequences."
+    ]
+    section.table = Table(["positions", "count", "base mean", "adapter mean", "change [95% CI]", "adapter sharper"])
+    for cls, c in summary["classes"].items():
+        if not c.get("positions"):
+            section.table.rows.append([cls, "0", "", "", "", ""])
+            continue
+        section.table.rows.append(
+            [
+                cls,
+                str(c["positions"]),
+                f"{c['base_mean']:.3f}",
+                f"{c['adapter_mean']:.3f}",
+                f"{delta(c['change'])} {interval(*c['change_ci'])}",
+                f"{c['sharper_share']:.1%}",
+            ]
+        )
+    if base.size == 0:
+        section.missing = "no completion tokens were scored"
+        return section
+    fig = _figure(7.0, 3.0)
+    axes = fig.subplots(1, 2, squeeze=False)[0]
+    for ax, (name, mask) in zip(axes, (("locks", base < LOCK_MAX), ("forks", base > FORK_MIN)), strict=True):
+        top = max(float(base.max()), float(tuned.max()), FORK_MIN)
+        bins = np.linspace(0.0, top * 1.02, 41)
+        for model, values in (("base", base[mask]), ("adapter", tuned[mask])):
+            if values.size:
+                ax.hist(values, bins=bins, histtype="step", linewidth=1.6, color=COLORS[model], label=model)
+        ax.set_yscale("log")
+        ax.set_title(f"{name}: {int(mask.sum())} positions")
+        ax.set_xlabel("per-token entropy (nats)")
+        ax.set_ylabel("positions (log)")
+        ax.legend(fontsize="small")
+    section.svg = _svg(fig)
+    section.caption = (
+        "Entropy at the base's lock positions (left) and fork positions (right), base and adapter at the same "
+        "positions. The paper's mechanism: locks move left (sharper), forks stay right (kept open)."
+    )
+    return section
+
+
 def _markdown(run_dir: Path, sections: list[Section]) -> str:
     lines = [f"# SSD run report: {run_dir.name}", ""]
     for s in sections:
@@ -509,7 +576,7 @@ def write_report(run_dir: Path | str) -> tuple[Path, Path]:
     metrics = EvalMetrics.load(metrics_path) if metrics_path.is_file() else None
     recipe_path = run_dir / "recipe.yaml"
     recipe = (yaml.safe_load(recipe_path.read_text()) or {}) if recipe_path.is_file() else {}
-    rows = _Rows(run_dir, (recipe.get("evaluation") or {}).get("base_dir"))
+    rows = ResultFiles(run_dir, (recipe.get("evaluation") or {}).get("base_dir"))
     sections = [
         _decision_section(run_dir),
         _pass1_section(metrics),
@@ -520,6 +587,7 @@ def write_report(run_dir: Path | str) -> tuple[Path, Path]:
         _loss_section(run_dir, recipe),
         _lengths_section(run_dir, recipe),
         _entropy_section(metrics, rows),
+        _mechanism_section(run_dir),
     ]
     for s in sections:
         if s.svg:

@@ -147,3 +147,46 @@ def _summary(stdout: str) -> list[str]:
     lines = stdout.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("run: "))
     return lines[start : start + 14]
+
+
+def test_entropy_scores_the_same_positions_with_both_models(cycle, tmp_path):
+    """``ssd entropy``: both models' entropy at each completion token of the base's own samples,
+    checked against an independent computation (the plain base model; the PEFT model's full logits)."""
+    import shutil
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run = tmp_path / "run"
+    shutil.copytree(cycle["run"], run)
+    proc = ssd("entropy", str(run), "--problems", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = read_jsonl(run / "eval" / "mechanism.jsonl")
+    summary = json.loads((run / "eval" / "mechanism.json").read_text())
+    assert len(rows) == summary["problems"] == 2 and summary["target"] == "humaneval"
+    assert sum(c["positions"] for c in summary["classes"].values()) == sum(len(r["base"]) for r in rows)
+    assert "## Locks and forks at the same positions" in (run / "report.md").read_text()
+    assert "lock" in proc.stdout and "fork" in proc.stdout
+
+    path = models.resolve("random:gemma4-tiny")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    problems = {p["task_id"]: p for p in benchmarks.load("humaneval", limit=2)}
+    t = summary["temperature"]
+    base_rows = read_jsonl(run / "eval" / "humaneval" / f"base-T{t:g}.jsonl")
+    completion = {r["task_id"]: r["completion"] for r in reversed(base_rows)}  # each problem's first sample
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    tuned = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), str(run / "adapter")
+    )
+    for row in rows:
+        prompt = tokenizer(problems[row["task_id"]]["prompt"]).input_ids
+        answer = tokenizer(completion[row["task_id"]], add_special_tokens=False).input_ids
+        ids = torch.tensor([prompt + answer])
+        where = slice(len(prompt) - 1, len(prompt) - 1 + len(answer))  # the logits that predict each answer token
+        with torch.no_grad():
+            for model, got in ((plain, row["base"]), (tuned, row["adapter"])):
+                want = torch.distributions.Categorical(logits=model(input_ids=ids).logits[0, where]).entropy()
+                assert len(got) == len(answer)
+                assert torch.allclose(torch.tensor(got), want, atol=2e-3), (got[:5], want[:5])
+    assert rows[0]["base"] != rows[0]["adapter"]  # the trained adapter changes the distribution

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import verdict_rows
 
 from pipeline import artifacts, runs, sweep
 from pipeline.artifacts import EvalMetrics
@@ -25,21 +26,6 @@ from pipeline.gate import decide
 from pipeline.recipe import Recipe, RecipeError, load_recipe
 
 TEMPS = [0.2, 0.6, 1.0]
-
-
-def _rows(passed: dict[str, list[bool]], finished: dict[str, list[bool]] | None = None) -> list[dict]:
-    """Verdict rows as the eval stage writes them, from {task_id: [passed per sample]}."""
-    return [
-        {
-            "task_id": task,
-            "passed": bool(ok),
-            "finish_reason": "stop" if (finished is None or finished[task][i]) else "length",
-            "completion_tokens": 10,
-            "completion": f"{task}-{i}",
-        }
-        for task, samples in passed.items()
-        for i, ok in enumerate(samples)
-    ]
 
 
 def _metrics(recipe: Recipe, problems: list[dict], rows: dict) -> EvalMetrics:
@@ -67,7 +53,9 @@ def test_choosing_t_on_all_problems_would_promote_the_held_out_rule_does_not():
     parts = stats.split(problems, recipe.evaluation.selection_fraction, recipe.evaluation.split_seed)
     base = {task: [i < 10] for i, task in enumerate(ids)}
     lucky = {task: [ok[0] or task in parts.selection] for task, ok in base.items()}  # a gain only where T is chosen
-    rows = {(t, m): _rows(lucky if (t, m) == (1.0, "adapter") else base) for t in TEMPS for m in ("base", "adapter")}
+    rows = {
+        (t, m): verdict_rows(lucky if (t, m) == (1.0, "adapter") else base) for t in TEMPS for m in ("base", "adapter")
+    }
 
     # the old protocol: each model's best T on all problems, judged on the same problems
     scores = {key: {r["task_id"]: float(r["passed"]) for r in value} for key, value in rows.items()}
@@ -100,7 +88,7 @@ def test_t_selection_never_sees_the_confirmation_problems():
         for t in TEMPS:
             for m in ("base", "adapter"):
                 confirm = {task: [bool(rng.random() < rng.random())] for task in parts.confirmation}
-                rows[t, m] = _rows({**selection[t], **confirm})
+                rows[t, m] = verdict_rows({**selection[t], **confirm})
         bench = _metrics(recipe, problems, rows).target_metrics
         chosen.add((bench.base_best.temperature, bench.adapter_best.temperature))
         assert bench.base_best.pass_at_1 == pytest.approx(
@@ -115,7 +103,7 @@ def test_t_selection_never_sees_the_confirmation_problems():
 def test_pre_registered_t_eval_confirms_on_every_problem_and_is_validated(tmp_path):
     recipe = _recipe(t_eval={"base": 0.2, "adapter": 1.0})
     problems = _problems(20)
-    rows = {(t, m): _rows({p["task_id"]: [True] for p in problems}) for t in TEMPS for m in ("base", "adapter")}
+    rows = {(t, m): verdict_rows({p["task_id"]: [True] for p in problems}) for t in TEMPS for m in ("base", "adapter")}
     bench = _metrics(recipe, problems, rows).target_metrics
     assert bench.protocol.t_choice == "pre-registered" and bench.protocol.selection is None
     assert bench.delta.problems == 20 and (bench.base_best.temperature, bench.adapter_best.temperature) == (0.2, 1.0)
@@ -147,7 +135,7 @@ def test_finish_rate_is_compared_at_the_adapters_temperature_for_both_models():
         for m in ("base", "adapter"):
             share = finish.get((t, m), 1.0)
             done = {task: [i < share * len(ids), True] for i, task in enumerate(ids)}
-            rows[t, m] = _rows(passed, done)
+            rows[t, m] = verdict_rows(passed, done)
     bench = _metrics(recipe, problems, rows).target_metrics
     # per sample: (0.8 x 40 + 40) / 80 = 0.9 for the adapter, 1.0 for the base at T=1.0
     assert bench.finish.value == pytest.approx(-0.1) and bench.finish.problems == 40
@@ -177,7 +165,7 @@ def _simulate(rng, recipe: Recipe, rates: np.ndarray, gain: float, draws: int) -
         for j, t in enumerate(cfg.temperatures):
             for m, add in (("base", 0.0), ("adapter", gain)):
                 hits = rng.random((len(ids), cfg.n)) < np.clip(rates[j] + add, 0, 1)[:, None]
-                rows[t, m] = _rows(dict(zip(ids, hits.tolist(), strict=True)))
+                rows[t, m] = verdict_rows(dict(zip(ids, hits.tolist(), strict=True)))
         promoted += decide(_metrics(recipe, problems, rows), recipe.promotion).promoted
     return promoted / draws
 
@@ -220,8 +208,8 @@ def test_sweep_points_are_judged_with_holm_adjusted_p_values(tmp_path):
     # a gain on 6 problems: exact p = 1/64 alone; a gain on 12: p = 1/4096; nothing
     for name, gained in (("small", 6), ("large", 12), ("none", 0), ("control", 12)):
         rows = {
-            (0.6, "base"): _rows({task: [False] for task in ids}),
-            (0.6, "adapter"): _rows({task: [i < gained] for i, task in enumerate(ids)}),
+            (0.6, "base"): verdict_rows({task: [False] for task in ids}),
+            (0.6, "adapter"): verdict_rows({task: [i < gained] for i, task in enumerate(ids)}),
         }
         metrics = _metrics(recipe, problems, rows)
         run_dir = tmp_path / name
@@ -261,3 +249,11 @@ def test_ssd_power_reports_the_detectable_gain_and_warns_for_a_small_guard(capsy
     assert main(["power", "--problems", "164", "--n", "4", "--pass-rate", "0.03", "--selection-fraction", "0.3"]) == 0
     assert "115 confirmation problems" in capsys.readouterr().out
     assert main(["power", "--problems", "164", "--pass-rate", "0.03", "--guard", "100:1"]) == 2
+    # the observed spread of pass rates over problems (most never pass): a smaller variance, a smaller gain found
+    args = ["power", "--problems", "664", "--n", "4", "--pass-rate", "0.03"]
+    assert main([*args, "--variance", "0.006"]) == 0
+    out = capsys.readouterr().out
+    found = stats.size(664, 4, 0.03, variance=0.006).detectable
+    assert f"{found:.4f}" in out and "per-sample variance 0.006" in out and found < stats.size(664, 4, 0.03).detectable
+    assert main([*args, "--variance", "0.05"]) == 2  # above p (1 - p): not a variance these rates can have
+    assert "--variance 0.05: must be in [0, p (1 - p) = 0.0291]" in capsys.readouterr().err

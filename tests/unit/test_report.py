@@ -30,7 +30,7 @@ import pytest
 
 from pipeline import artifacts, runs
 from pipeline.artifacts import EvalMetrics
-from pipeline.evaluation import compare
+from pipeline.evaluation import compare, mechanism
 from pipeline.evaluation.benchmarks import Benchmark
 from pipeline.recipe import Recipe
 from pipeline.report.run import PLOT_IDS, write_report
@@ -98,6 +98,14 @@ def _make_run(run_dir: Path, *, entropies: bool = True, difficulty: bool = True)
     EvalMetrics(target="humaneval", adapter_serving="lora", benchmarks=benchmarks).save(
         run_dir / "eval" / "metrics.json"
     )
+    if entropies:  # `ssd entropy`: both models at the same positions; the adapter sharpens the locks
+        scored = []
+        for i in range(30):
+            base = [0.01 * rng.random() if rng.random() < 0.5 else rng.expovariate(1 / 1.2) for _ in range(40)]
+            scored.append({"task_id": f"HumanEval/{i}", "base": base, "adapter": [b * 0.5 for b in base]})
+        (run_dir / "eval" / "mechanism.jsonl").write_text("".join(json.dumps(r) + "\n" for r in scored))
+        summary = {"target": "humaneval", "temperature": 0.7, "problems": 30, **mechanism.summarize(scored)}
+        (run_dir / "eval" / "mechanism.json").write_text(json.dumps(summary))
     losses = [2.5 * math.exp(-i / 15) + 0.4 + 0.05 * rng.random() for i in range(60)]
     artifacts.Manifest(
         stage="train",
@@ -146,6 +154,11 @@ def test_report_files(tmp_path):
     assert f"| humaneval (target) | {he['base_best']['pass@1']:.4f} (T={he['base_best']['temperature']:g}) |" in md
     assert "| humaneval | easy |" in md and "60 logged steps" in md and "1 cut at max_tokens" in md
     assert "| 0.7 | base |" in md and "locks (< 0.1)" in md  # entropy summary per T
+    same = md.split("## Locks and forks at the same positions")[1].split("##")[0]
+    mech = json.loads((run_dir / "eval" / "mechanism.json").read_text())["classes"]
+    assert "30 base samples of humaneval at T_eval 0.7" in same
+    assert f"| lock | {mech['lock']['positions']} |" in same and "| 100.0% |" in same  # every position sharper
+    assert mech["fork"]["change"] < 0 and mech["fork"]["change_ci"][1] < 0
     # the statistics: which problems decided, the test, the sizing, and a guard too small for its margin
     stats = md.split("## Statistics")[1].split("##")[0]
     assert "humaneval (target): T_eval chosen per model on the selection part (12 problems)" in stats
@@ -167,8 +180,9 @@ def test_report_says_not_recorded(tmp_path):
     assert "*not recorded: no benchmark in eval/metrics.json has per_difficulty" in md
     assert "*not recorded: manifests/train.json has no counts.losses" in md
     page = html_path.read_text()
-    assert page.count('class="plot"') == 3 and page.count('class="plot-missing"') == 3
+    assert page.count('class="plot"') == 3 and page.count('class="plot-missing"') == 4
     assert not (run_dir / "report" / "plot-entropy.svg").exists()
+    assert "*not measured: `ssd entropy RUN_DIR` scores the base's samples with both models*" in md
 
 
 def test_report_of_a_run_that_stopped_before_eval(tmp_path):
@@ -365,8 +379,8 @@ def test_html_report_with_missing_data_renders(tmp_path, browser):
     browser.open(url)
     page = browser.evaluate(PLOTS_SCRIPT)
     assert browser.errors(url) == []
-    assert len(page["plots"]) == len(PLOT_IDS) - 1 and all(p["decoded"] for p in page["plots"])
-    assert page["missing"] == ["plot-entropy"]
+    assert len(page["plots"]) == len(PLOT_IDS) - 2 and all(p["decoded"] for p in page["plots"])
+    assert page["missing"] == ["plot-entropy", "plot-mechanism"]
     assert "not recorded" in browser.evaluate("document.getElementById('plot-entropy').innerText")
 
 
