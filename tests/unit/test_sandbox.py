@@ -2,6 +2,8 @@
 and the test process (the parent) must be alive and unchanged afterwards."""
 
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -143,3 +145,33 @@ def test_a_program_that_signals_itself_fails_and_the_parent_lives(sig):
     verdict = execute(f"import os, signal\nos.kill(os.getpid(), signal.{sig})\n")
     assert not verdict.passed and verdict.status == "failed"
     assert os.getpid() > 0
+
+
+def test_an_interpreter_under_tmp_still_runs_programs(tmp_path):
+    """A checkout or virtualenv under /tmp (CI workspaces, throwaway venvs): the box's fresh /tmp
+    must not hide the interpreter the programs run under, nor unmask the benchmark data in it."""
+    import subprocess
+    import sys
+
+    venv = Path(tempfile.mkdtemp(dir="/tmp")) / "venv"
+    try:
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+        probe = (
+            "import sys; from pipeline.evaluation.sandbox import execute, layers\n"
+            "print(layers().describe())\n"
+            "v = execute('import sys, os; print(sys.prefix); open(\"/tmp/mine\", \"w\").write(\"x\")', timeout_s=20)\n"
+            "print(v.status, repr(v.output), repr(v.detail[-300:]))\n"
+            "w = execute('import sys; open(sys.prefix + \"/written\", \"w\")', timeout_s=20)\n"
+            "print(w.status)\n"
+        )
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        proc = subprocess.run(
+            [str(venv / "bin" / "python"), "-c", probe], capture_output=True, text=True, env=env, timeout=120
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        described, ran, wrote = proc.stdout.strip().splitlines()[-3:]
+        assert str(venv) in described  # the programs' interpreter is the one under /tmp
+        assert ran.startswith("passed") and str(venv) in ran, ran  # it ran, and could still use its scratch /tmp
+        assert wrote == "failed" and not (venv / "written").exists()  # read-only, as every bind
+    finally:
+        shutil.rmtree(venv.parent, ignore_errors=True)

@@ -121,9 +121,18 @@ def build_template(root: str, binds: list[str], masks: list[str]) -> None:
     mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID)
 
 
-def enter_box(root: str, scratch_mb: int) -> None:
+def under_scratch(paths: list[str]) -> list[str]:
+    """The paths that a fresh scratch tmpfs would hide: a project or virtualenv under ``/tmp``."""
+    return [p for p in paths if any(p == "/" + place or p.startswith(f"/{place}/") for place in SCRATCH)]
+
+
+def enter_box(root: str, scratch_mb: int, binds: list[str] = (), masks: list[str] = ()) -> None:
     """Fresh scratch places and ``/proc`` on the template, then ``chroot`` into it (PID 1 of the
-    program's namespace, in its own copy of the server's mount namespace)."""
+    program's namespace, in its own copy of the server's mount namespace).
+
+    ``binds``/``masks``: the template's. Those under a scratch place (an interpreter installed
+    under ``/tmp``, as CI checkouts and temporary virtualenvs are) were just hidden by its fresh
+    tmpfs, so they are bound (read-only) and masked again on top of it."""
     for place in SCRATCH:
         mount(
             "tmpfs",
@@ -132,6 +141,17 @@ def enter_box(root: str, scratch_mb: int) -> None:
             MS_NOSUID | MS_NODEV,
             f"size={scratch_mb}m,nr_inodes=16384,mode=1777",
         )
+    for source in under_scratch(list(binds)):
+        place = next(p for p in SCRATCH if source == "/" + p or source.startswith(f"/{p}/"))
+        target = os.path.join(root, place)
+        for part in source[len(place) + 2 :].split("/"):
+            if part:  # root's directories on the scratch tmpfs, traversable whatever the umask
+                target = os.path.join(target, part)
+                os.makedirs(target, exist_ok=True)
+                os.chmod(target, 0o755)
+        _bind_readonly(source, target)
+    for hidden in under_scratch(list(masks)):
+        mount("tmpfs", root + hidden, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=555")
     mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.chroot(root)
     os.chdir("/")

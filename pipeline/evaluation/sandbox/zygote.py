@@ -191,7 +191,7 @@ def _init(req: dict, config: dict, report: int) -> None:
         os.setsid()  # the pipeline kills this group if the server stops answering
         files = _open_program(req)
         box.unshare(box.CLONE_NEWNS | box.CLONE_NEWIPC)
-        box.enter_box(config["root"], config["scratch_mb"])
+        box.enter_box(config["root"], config["scratch_mb"], config["binds"], config["masks"])
         program = os.fork()
         if program == 0:
             os.close(report)
