@@ -159,9 +159,9 @@ def test_an_interpreter_under_tmp_still_runs_programs(tmp_path):
         probe = (
             "import sys; from pipeline.evaluation.sandbox import execute, layers\n"
             "print(layers().describe())\n"
-            "v = execute('import sys, os; print(sys.prefix); open(\"/tmp/mine\", \"w\").write(\"x\")', timeout_s=20)\n"
+            'v = execute(\'import sys, os; print(sys.prefix); open("/tmp/mine", "w").write("x")\', timeout_s=20)\n'
             "print(v.status, repr(v.output), repr(v.detail[-300:]))\n"
-            "w = execute('import sys; open(sys.prefix + \"/written\", \"w\")', timeout_s=20)\n"
+            'w = execute(\'import sys; open(sys.prefix + "/written", "w")\', timeout_s=20)\n'
             "print(w.status)\n"
         )
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
