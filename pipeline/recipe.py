@@ -511,7 +511,11 @@ class EngineConfig(_Strict):
     )
     enforce_eager: bool = Field(True, description="`false` compiles: slower start, faster decoding on GPU")
     tensor_parallel_size: int = Field(1, ge=1, description="GPUs per engine")
-    dtype: str = Field("auto", description="vLLM dtype (`auto`: vLLM's choice for the checkpoint)")
+    dtype: str = Field(
+        "auto",
+        description="vLLM dtype (`auto`: vLLM's choice for the checkpoint, except float32 on an x86 CPU without "
+        "bf16 instructions (AVX-512 BF16, AMX), where bf16 decodes ~2.7x slower)",
+    )
     max_num_seqs: int = Field(
         256, ge=1, description="concurrent sequences per engine; higher: more throughput, more KV-cache memory"
     )

@@ -137,7 +137,7 @@ def run(recipe: Recipe, run_dir: Path) -> artifacts.Manifest:
     params = {
         **stage_params(recipe),
         "champion": champion and f"{champion.name}:{champion.version}",
-        "engine": recipe.engine.model_dump(),
+        "engine": generation.engine_record(recipe.engine),
         **runs.code_version(ENGINE_PACKAGES, (*CODE_FILES, *STATISTICS_FILES)),
     }
     key, inputs = runs.hashed_key(

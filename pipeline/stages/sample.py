@@ -60,7 +60,7 @@ def _params(recipe: Recipe) -> dict:
         "prompts": recipe.prompts.model_dump(),
         "sampling": recipe.sampling.model_dump() | {"stop": recipe.sampling_stop()},
         "max_model_len": recipe.engine.max_model_len,
-        "engine": recipe.engine.model_dump(),
+        "engine": generation.engine_record(recipe.engine),
         **runs.code_version(PACKAGES, CODE_FILES),
     }
 

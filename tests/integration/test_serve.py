@@ -17,7 +17,7 @@ import urllib.request
 import pytest
 from conftest import ROOT, lineage, moe_adapter, taught_adapter
 
-from pipeline import cli, models
+from pipeline import cli, generation, models
 from pipeline.deploy import registry, serve
 
 NAME = "coder"
@@ -87,9 +87,11 @@ def test_dense_adapter_is_served_as_lora_beside_its_base(dense_reg, tmp_path, ca
         and "--no-enable-chunked-prefill" in flags
         and "--enforce-eager" in flags
     )
-    assert "--max-model-len 1024" in flags and "--dtype auto" in flags and "--host 127.0.0.1" in flags
+    cpu_dtype = generation.resolved_dtype("auto", gpu=False)  # float32 on a CPU without bf16 instructions
+    assert "--max-model-len 1024" in flags and f"--dtype {cpu_dtype}" in flags and "--host 127.0.0.1" in flags
     gpu = " ".join(serve.plan(dense_reg, NAME, gpu=True, host="0.0.0.0").cmd)
     assert "--gpu-memory-utilization 0.9" in gpu and "chunked-prefill" not in gpu and "--host 0.0.0.0" in gpu
+    assert "--dtype auto" in gpu
 
 
 def test_moe_adapter_is_served_as_a_verified_merged_copy(tmp_path):
