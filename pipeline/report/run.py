@@ -435,6 +435,14 @@ def _lengths_section(run_dir: Path, recipe: dict) -> Section:
     return section
 
 
+def _entropy_axes(ax, title: str, ylabel: str) -> None:
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.set_xlabel("per-token entropy (nats)")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize="small")
+
+
 def _entropy_section(metrics: EvalMetrics | None, rows: ResultFiles) -> Section:
     section = Section("Locks and forks: per-token entropy", plot_id="entropy")
     if metrics is None:
@@ -478,13 +486,9 @@ def _entropy_section(metrics: EvalMetrics | None, rows: ResultFiles) -> Section:
                     f"{(values > FORK_MIN).mean():.1%}",
                 ]
             )
-        ax.set_yscale("log")
         ax.axvspan(0.0, LOCK_MAX, color="#e8e8e8", zorder=0)
         ax.axvline(FORK_MIN, color="#c03030", linestyle=":", linewidth=1)
-        ax.set_title(f"{target}, T={temp:g}")
-        ax.set_xlabel("per-token entropy")
-        ax.set_ylabel("density (log)")
-        ax.legend(fontsize="small")
+        _entropy_axes(ax, f"{target}, T={temp:g}", "density (log)")
     section.svg = _svg(fig)
     section.caption = (
         f"Per-token entropy of the evaluation samples. Shaded: locks (entropy < {LOCK_MAX:g}); dotted line: forks "
@@ -536,11 +540,7 @@ def _mechanism_section(run_dir: Path) -> Section:
         for model, values in (("base", base[mask]), ("adapter", tuned[mask])):
             if values.size:
                 ax.hist(values, bins=bins, histtype="step", linewidth=1.6, color=COLORS[model], label=model)
-        ax.set_yscale("log")
-        ax.set_title(f"{name}: {int(mask.sum())} positions")
-        ax.set_xlabel("per-token entropy (nats)")
-        ax.set_ylabel("positions (log)")
-        ax.legend(fontsize="small")
+        _entropy_axes(ax, f"{name}: {int(mask.sum())} positions", "positions (log)")
     section.svg = _svg(fig)
     section.caption = (
         "Entropy at the base's lock positions (left) and fork positions (right), base and adapter at the same "
