@@ -105,6 +105,7 @@ STATISTICS_FILES = ("stages/eval.py", "evaluation/compare.py", "evaluation/stats
 # A merged copy is written and served in float32: a bf16 cast keeps only part of a short LoRA
 # run's weight change (bench/merge_dtype.py, bench/RESULTS.md).
 MERGED_DTYPE = "float32"
+PROMPT_TOO_LONG = "prompt_too_long"  # finish_reason of a sample never generated: the prompt fills max_model_len
 
 
 @dataclass(frozen=True)
@@ -406,10 +407,14 @@ def generate(
     cfg = recipe.evaluation
     llm = model.engine(recipe.engine)
     tokenizer = llm.get_tokenizer()
-    requests, params = [], []
+    requests, params, sent, too_long = [], [], [], {}
     for p in chunk:
         row = {"id": p["task_id"], "prompt": p["prompt"]}
         _, ids = generation.render(tokenizer, row, chat=cfg.chat, system_prompt=None, enable_thinking=False)
+        if len(ids) >= recipe.engine.max_model_len:  # no room for one token: the model cannot answer
+            too_long[p["task_id"]] = len(ids)
+            continue
+        sent.append(p)
         requests.append({"prompt_token_ids": ids})
         params.append(
             generation.sampling_params(
@@ -424,14 +429,26 @@ def generate(
                 stop_token_ids=generation.end_of_turn_ids(tokenizer) if cfg.chat else None,
             )
         )
+    if too_long:
+        log.warning(
+            "eval %s: %d prompt(s) longer than engine.max_model_len %d, answered with no tokens (their samples fail, "
+            "for both models alike; raise engine.max_model_len to include them): %s",
+            bench.name,
+            len(too_long),
+            recipe.engine.max_model_len,
+            ", ".join(f"{task} ({length} tokens)" for task, length in too_long.items()),
+        )
     results = {}
     desc = f"generating {bench.name}/{model.label}-T{temperature:g} from {chunk[0]['task_id']}"
-    with tqdm(total=len(chunk), unit="problem", desc=desc) as bar:
+    with tqdm(total=len(sent), unit="problem", desc=desc) as bar:
         for i, result in generation.stream(llm, requests, params, lora_request=model.lora_request):
-            results[chunk[i]["task_id"]] = result
+            results[sent[i]["task_id"]] = result
             bar.update(1)
     rows = []
     for p in pending:
+        if p["task_id"] in too_long:
+            rows += unanswered(p["task_id"], bench.n)
+            continue
         outputs = results[p["task_id"]].outputs
         if len(outputs) != bench.n:  # every sample or a loud failure, never a silent subset
             raise RuntimeError(f"{p['task_id']}: vLLM returned {len(outputs)} of {bench.n} samples")
@@ -447,6 +464,21 @@ def generate(
                 row["entropies"] = [round(entropy(step), 4) for step in c.logprobs]
             rows.append(row)
     return rows
+
+
+def unanswered(task_id: str, n: int) -> list[dict]:
+    """The samples of a problem whose prompt does not fit the engine: empty answers, judged like any
+    other (they fail), with ``finish_reason`` saying why."""
+    return [
+        {
+            "task_id": task_id,
+            "sample_index": i,
+            "completion": "",
+            "completion_tokens": 0,
+            "finish_reason": PROMPT_TOO_LONG,
+        }
+        for i in range(n)
+    ]
 
 
 def execute(recipe: Recipe, problems: list[dict], samples: list[dict], desc: str) -> list[dict]:
