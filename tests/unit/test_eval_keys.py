@@ -66,3 +66,17 @@ def test_base_key_changes_with_the_generation_and_scoring_code(tmp_path, monkeyp
     assert _key(recipe) != before
     parts = eval_stage.base_key_parts(recipe, eval_stage.base_served(recipe, "m", "merged"))
     assert parts["versions"]["ssd-pipeline"] and parts["engine"]["max_model_len"] == recipe.engine.max_model_len
+
+
+def test_a_prompt_longer_than_the_engine_fails_its_samples_without_crashing():
+    """mbpp/493's prompt (1,762 tokens) does not fit a 1,024-token engine: its samples are empty
+    answers, judged like any other (they fail), and counted as not finished rather than cut."""
+    from pipeline.evaluation.metrics import summarize
+
+    recipe = Recipe(evaluation={"benchmarks": ["mbpp"], "n": 2})
+    problem = next(p for p in load_benchmark(recipe, "mbpp").problems if p["task_id"] == "mbpp/493")
+    rows = eval_stage.execute(recipe, [problem], eval_stage.unanswered("mbpp/493", 2), desc="too long")
+    assert [r["sample_index"] for r in rows] == [0, 1]
+    assert all(not r["passed"] and r["finish_reason"] == eval_stage.PROMPT_TOO_LONG for r in rows)
+    summary = summarize(rows, [1], [problem])
+    assert summary.finish_rate == 0.0 and summary.cut_share == 0.0 and summary.pass_at[1] == 0.0
