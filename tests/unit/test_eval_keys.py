@@ -43,10 +43,11 @@ def test_base_key_changes_with_a_setting_that_changes_samples(change):
 
 
 def test_base_key_changes_with_the_engine_settings():
-    base = _recipe()
+    base = _recipe()  # bf16 explicitly: `auto` is float32 on a CPU without bf16 instructions
+    base = base.model_copy(update={"engine": base.engine.model_copy(update={"dtype": "bfloat16"})})
     assert _key(base.model_copy(update={"engine": base.engine.model_copy(update={"max_num_seqs": 8})})) != _key(base)
-    as_bf16 = base.model_copy(update={"engine": base.engine.model_copy(update={"dtype": "bfloat16"})})
-    assert _key(as_bf16, mode="lora") != _key(base, mode="lora")
+    as_fp16 = base.model_copy(update={"engine": base.engine.model_copy(update={"dtype": "float16"})})
+    assert _key(as_fp16, mode="lora") != _key(base, mode="lora")
     assert _key(base, mode="lora") != _key(base, mode="merged")  # a LoRA-enabled engine serves the base there
     # merged serving: the base runs in the merged copy's dtype, whatever the recipe's
     as_merged = base.model_copy(update={"engine": base.engine.model_copy(update={"dtype": "float32"})})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import artifacts, runs
+from pipeline import artifacts, generation, runs
 from pipeline.recipe import Recipe
 from pipeline.stages import sample, train
 
@@ -109,9 +109,10 @@ def test_stage_boundaries_a_change_reruns_its_stage_and_only_what_depends_on_it(
     ):
         changed = recipe.model_copy(update={section: getattr(recipe, section).model_copy(update=change)})
         assert _sample_key(changed) == key, section
-    assert (
-        _sample_key(recipe.model_copy(update={"engine": recipe.engine.model_copy(update={"dtype": "float32"})})) != key
-    )
+    for dtype in ("bfloat16", "float32"):  # `auto` resolves to one of them here: the other must change the key
+        as_dtype = recipe.model_copy(update={"engine": recipe.engine.model_copy(update={"dtype": dtype})})
+        if generation.resolved_dtype("auto", gpu=generation.on_gpu()) != dtype:
+            assert _sample_key(as_dtype) != key, dtype
     prompts.write_text('{"id": "a", "prompt": "def g():\\n"}\n')
     assert _sample_key(recipe) != key  # the prompt file's hash is an input
     params = train.stage_params(recipe)
