@@ -121,12 +121,15 @@ def build_template(root: str, binds: list[str], masks: list[str]) -> None:
     mount(None, root, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID)
 
 
-def under_scratch(paths: list[str]) -> list[str]:
-    """The paths that a fresh scratch tmpfs would hide: a project or virtualenv under ``/tmp``."""
-    return [p for p in paths if any(p == "/" + place or p.startswith(f"/{place}/") for place in SCRATCH)]
+def scratch_place(path: str) -> str | None:
+    """The scratch place whose fresh tmpfs would hide ``path`` (a project or virtualenv under
+    ``/tmp``), or None."""
+    return next((place for place in SCRATCH if path == "/" + place or path.startswith(f"/{place}/")), None)
 
 
-def enter_box(root: str, scratch_mb: int, binds: list[str] = (), masks: list[str] = ()) -> None:
+def enter_box(
+    root: str, scratch_mb: int, binds: tuple[str, ...] | list[str] = (), masks: tuple[str, ...] | list[str] = ()
+) -> None:
     """Fresh scratch places and ``/proc`` on the template, then ``chroot`` into it (PID 1 of the
     program's namespace, in its own copy of the server's mount namespace).
 
@@ -141,8 +144,10 @@ def enter_box(root: str, scratch_mb: int, binds: list[str] = (), masks: list[str
             MS_NOSUID | MS_NODEV,
             f"size={scratch_mb}m,nr_inodes=16384,mode=1777",
         )
-    for source in under_scratch(list(binds)):
-        place = next(p for p in SCRATCH if source == "/" + p or source.startswith(f"/{p}/"))
+    for source in binds:
+        place = scratch_place(source)
+        if place is None:
+            continue
         target = os.path.join(root, place)
         for part in source[len(place) + 2 :].split("/"):
             if part:  # root's directories on the scratch tmpfs, traversable whatever the umask
@@ -150,7 +155,7 @@ def enter_box(root: str, scratch_mb: int, binds: list[str] = (), masks: list[str
                 os.makedirs(target, exist_ok=True)
                 os.chmod(target, 0o755)
         _bind_readonly(source, target)
-    for hidden in under_scratch(list(masks)):
+    for hidden in filter(scratch_place, masks):
         mount("tmpfs", root + hidden, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=4k,mode=555")
     mount("proc", os.path.join(root, "proc"), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.chroot(root)
