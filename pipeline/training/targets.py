@@ -70,8 +70,12 @@ class Preset:
     reason: str
 
 
-def gemma4_26b_a4b_config():
-    """google/gemma-4-26B-A4B's architecture as a transformers ``Gemma4Config`` (no download)."""
+def gemma4_26b_a4b_config(**text_overrides):
+    """google/gemma-4-26B-A4B's architecture as a transformers ``Gemma4Config`` (no download).
+
+    ``text_overrides`` replace text-config fields (a reduced shape: ``num_hidden_layers``,
+    ``layer_types``, ``vocab_size``); the config is built with them, so it saves and reloads as is.
+    """
     from transformers import Gemma4Config
 
     text = dict(
@@ -97,6 +101,7 @@ def gemma4_26b_a4b_config():
         use_bidirectional_attention="vision",
         tie_word_embeddings=True,
     )
+    text.update(text_overrides)
     vision = dict(
         hidden_size=1152,
         intermediate_size=4304,
