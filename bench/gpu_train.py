@@ -30,11 +30,11 @@ out-of-memory error is recorded as that shape's result.
 
 Then the export check (``--no-export`` skips it): the trained adapter's first global layer goes
 through the registry and ``ssd export --format peft-per-expert``'s own code, at full width: a
-float32 one-layer base (``build_config(1)``, whose one layer is global) is written to disk, the
-layer's trained LoRA is promoted as that base's adapter into a throwaway registry, and
-``export.export`` rewrites the fused expert LoRA per expert and proves every projection against
-PEFT's float32 merge, as it does for a user. It runs in a child process
-(on the CPU, as ``ssd export`` does) so its time and peak memory are its own; the JSON is written
+one-layer base (``build_config(1)``, whose one layer is global) is written to disk in bf16 as the
+checkpoint is, the layer's trained LoRA is promoted as that base's adapter into a throwaway
+registry, and ``export.export`` rewrites the fused expert LoRA per expert and proves every
+projection against PEFT's merge in float32, as it does for a user. It runs in a child process (on
+the CPU, as ``ssd export`` does) so its time and peak memory are its own; the JSON is written
 before it starts, so a run stopped during the export keeps the training figures.
 """
 
@@ -472,15 +472,15 @@ def export_check(work: Path, vocab: int | None) -> dict:
 
 
 def export_in_child(work: Path, vocab: int | None) -> dict:
-    """``ssd export --format peft-per-expert`` of ``work/adapter`` on a float32 base of one
-    full-width global layer (random weights, written to ``work/base``), through a throwaway registry."""
+    """``ssd export --format peft-per-expert`` of ``work/adapter`` on a bf16 base of one full-width
+    global layer (random weights, written to ``work/base``), through a throwaway registry."""
     import torch
 
     from pipeline.deploy import export, registry
 
     timings = {}
     t0 = time.perf_counter()
-    model = build_model(build_config(1, vocab), torch.float32, torch.device("cpu"))
+    model = build_model(build_config(1, vocab), torch.bfloat16, torch.device("cpu"))  # as the checkpoint is
     model.save_pretrained(str(work / "base"))
     base_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     del model
@@ -500,7 +500,7 @@ def export_in_child(work: Path, vocab: int | None) -> dict:
     written = work / "per-expert" / "adapter_model.safetensors"
     return {
         "layers": 1,
-        "base_float32_gib": round(base_bytes / GIB, 3),
+        "base_bf16_gib": round(base_bytes / GIB, 3),
         "per_expert_adapter_mib": round(written.stat().st_size / 2**20, 2),
         **timings,
         "verification": record["verification"],
@@ -613,7 +613,7 @@ def export_line(export: dict) -> str:
     return (
         f"export check: {check['expert_projections']} expert projections equal PEFT's merge (max diff "
         f"{check['max_abs_diff']:.3g}); export {export['export_s']} s, {export['wall_s']} s in all, "
-        f"peak RSS {export['max_rss_gib']} GiB, float32 base {export['base_float32_gib']} GiB"
+        f"peak RSS {export['max_rss_gib']} GiB, bf16 base {export['base_bf16_gib']} GiB"
     )
 
 

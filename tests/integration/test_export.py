@@ -197,6 +197,33 @@ def test_per_expert_layout_equals_the_fused_adapter(reg, tmp_path):
     assert record["expert_projections"] == 6 * 8 * 3 and record["max_abs_diff"] < 1e-6
 
 
+def test_per_expert_export_of_a_bf16_base_keeps_the_float32_factors(reg, tmp_path):
+    """A base stored in bf16 (as Gemma 4's checkpoints are) loads in bf16, and each fused expert
+    tensor is upcast only while it is read and merged: the written factors are the ones a float32
+    base gives, bit for bit, and the merge check passes at the same tolerance. PEFT casts the
+    factors it hands out to the parameter's dtype, so without the upcast they would be rounded to
+    bf16, and a bf16 merge would round the delta the check compares them with."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    bf16 = tmp_path / "tiny-bf16"
+    AutoModelForCausalLM.from_pretrained(models.resolve(models.RANDOM_TINY), dtype=torch.bfloat16).save_pretrained(bf16)
+    adapter = reg / NAME / "v0002" / "adapter"
+    registry.promote(tmp_path / "registry", NAME, adapter, lineage(str(bf16)))
+    out = tmp_path / "per-expert-bf16"
+    export.export(tmp_path / "registry", NAME, out, "peft-per-expert")
+    reference = tmp_path / "per-expert-f32"
+    export.export(reg, f"{NAME}:v0002", reference, "peft-per-expert")
+
+    written, expected = load_file(out / "adapter_model.safetensors"), load_file(reference / "adapter_model.safetensors")
+    assert written.keys() == expected.keys() and all(t.dtype == torch.float32 for t in written.values())
+    assert all(torch.equal(written[key], expected[key]) for key in expected)
+    check = json.loads((out / "export.json").read_text())["verification"]
+    assert check["expert_projections"] == 6 * 8 * 3 and check["fused_tensors_changed_by_merge"] == 12
+    assert check["max_abs_diff"] < 1e-6
+
+
 def test_per_expert_adapter_loads_as_expert_modules_in_vllm(reg, tmp_path):
     """vLLM's own adapter loader, with vLLM's Gemma 4 expert names, reads one module per expert and projection."""
     from vllm.config.lora import LoRAConfig
