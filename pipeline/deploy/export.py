@@ -299,30 +299,36 @@ def _split_experts(loras: list, original: dict[str, Any], weights: Path) -> tupl
 
 @contextmanager
 def _in_float32(lora):
-    """The fused tensor under ``lora`` in float32 for the duration (exact from bf16), then back.
+    """The fused tensor under ``lora`` as a float32 copy for the duration (exact from bf16); yields
+    the original, which the parameter gets back on exit, unchanged: what was done to the copy (a
+    merge) is not kept.
 
     PEFT hands out a fused LoRA's factors cast to its parameter's dtype and merges in that dtype: on
     a bf16 base both would round the adapter. One tensor at a time, so the whole model never exists
-    in float32 (for Gemma 4 26B-A4B: the 48 GiB bf16 base plus a few GiB for the tensor at hand,
-    instead of 96 GiB in float32 plus an 85 GiB copy of every expert tensor before the merge).
+    in float32 (for Gemma 4 26B-A4B: the 48 GiB bf16 base plus about 4 GiB for the largest expert
+    tensor at hand, instead of 96 GiB in float32 plus an 85 GiB copy of every expert tensor).
     """
+    import torch
+
     param = lora.wrapper.get_param()
-    dtype = param.dtype
-    param.data = param.data.float()
+    original = param.data
+    param.data = original.to(torch.float32, copy=True)
     try:
-        yield param
+        yield original
     finally:
-        param.data = param.data.to(dtype)
+        param.data = original
 
 
 def _merged_by_peft(lora) -> tuple[Any, Any]:
-    """``(base, merged)`` of one fused expert tensor in float32: PEFT's own merge of that one module."""
+    """``(base as stored, merged in float32)`` of one fused expert tensor: PEFT's own merge of that
+    one module, made on a float32 copy of it."""
     from pipeline.training import peft_layout
 
-    with _in_float32(lora) as param:
-        start = param.detach().clone()
+    with _in_float32(lora) as original:
         lora.wrapper.merge(adapter_names=[peft_layout.ADAPTER])
-        return start, lora.wrapper.get_param().detach()
+        merged = lora.wrapper.get_param().detach()
+    lora.wrapper.merged_adapters.clear()  # the parameter has its unmerged tensor back
+    return original, merged
 
 
 def _check_against_merge(loras: list, written: dict, config: dict, rtol: float) -> tuple[int, float, str, int]:
@@ -337,19 +343,26 @@ def _check_against_merge(loras: list, written: dict, config: dict, rtol: float) 
 
     from pipeline.training import peft_layout
 
+    def abs_max(tensor) -> float:  # without a temporary the size of the tensor
+        low, high = torch.aminmax(tensor)
+        return max(-low.item(), high.item())
+
     eps = torch.finfo(torch.float32).eps
     worst, worst_where, checked, changed = 0.0, "", 0, 0
     for lora in loras:
         start, after = _merged_by_peft(lora)
-        delta = lora.as_linear(after - start)  # (experts, out, in), as F.linear sees each expert
-        changed += bool(delta.abs().max() > 0)
-        tol = rtol * delta.abs().max().item() + 4 * eps * max(after.abs().max().item(), start.abs().max().item())
+        # (experts, out, in) views, as F.linear sees each expert; deltas are taken one expert at a time
+        base, merged = lora.as_linear(start), lora.as_linear(after)
+        largest = max(abs_max(merged[e] - base[e].float()) for e in range(lora.experts))
+        changed += largest > 0
+        tol = rtol * largest + 4 * eps * max(abs_max(after), abs_max(start))
         for e in range(lora.experts):
-            for proj, rows in _projections(lora.parameter, delta.shape[1]).items():
+            delta = merged[e] - base[e].float()
+            for proj, rows in _projections(lora.parameter, delta.shape[0]).items():
                 module = f"{lora.module}.{e}.{proj}"
                 key_a, key_b = peft_layout.lora_keys(peft_layout.peft_name(module))
                 update = written[key_b].float() @ written[key_a].float() * peft_layout.scaling(config, module)
-                diff = (update - delta[e, rows]).abs().max().item()
+                diff = (update - delta[rows]).abs().max().item()
                 checked += 1
                 if diff > worst:
                     worst, worst_where = diff, module
@@ -359,7 +372,7 @@ def _check_against_merge(loras: list, written: dict, config: dict, rtol: float) 
                         f"(tolerance {tol:.3g}): "
                         "the expert layout was misread; nothing written"
                     )
-        del start, after, delta
+        del start, after, base, merged
     return checked, worst, worst_where, changed
 
 
